@@ -1,0 +1,45 @@
+"""/api/instances: the machine records."""
+from flask.views import MethodView
+
+from models import Instance
+from routes.common import Blueprint, abort, created, get_or_404, list_response
+from schemas import InstanceCreateSchema, InstanceQuerySchema, InstanceSchema, InstanceUpdateSchema
+
+blp = Blueprint("instances", __name__, url_prefix="/api/instances",
+                description="Remote machine instances driven by agents.")
+
+
+@blp.route("")
+class Instances(MethodView):
+    @blp.arguments(InstanceQuerySchema, location="query")
+    @blp.response(200, InstanceSchema(many=True))
+    def get(self, args):
+        """List instances, newest first."""
+        return list_response(Instance.select(), args)
+
+    @blp.arguments(InstanceCreateSchema)
+    @blp.response(201, InstanceSchema)
+    def post(self, data):
+        """Create an instance."""
+        instance = Instance.create(**data)
+        return created(instance, "instances.InstanceById", instance_id=instance.id)
+
+
+@blp.route("/<uuid:instance_id>")
+class InstanceById(MethodView):
+    @blp.response(200, InstanceSchema)
+    def get(self, instance_id):
+        """Fetch one instance."""
+        return get_or_404(Instance, instance_id)
+
+    @blp.arguments(InstanceUpdateSchema)
+    @blp.response(200, InstanceSchema)
+    def put(self, data, instance_id):
+        """Update some fields of an instance; the others keep their values."""
+        return get_or_404(Instance, instance_id).apply(data)
+
+    @blp.response(204)
+    def delete(self, instance_id):
+        """Delete an instance with its logs and plans."""
+        if not Instance.delete_by_id(instance_id):
+            abort(404, message=f"No instance with id {instance_id}.")

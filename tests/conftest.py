@@ -1,0 +1,135 @@
+"""Fixtures: an app per test on its own SQLite file, a client, row factories,
+a real server started through the users' entry point, and the one helper that
+checks the problem+json shape."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+import models
+from app import create_app
+
+ROOT = Path(__file__).resolve().parent.parent
+SITE = "5b0c6b52-3c6b-4a55-8f6e-0d7c3a1e9a01"
+USER = "9d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6"
+
+
+@pytest.fixture
+def app(tmp_path):
+    # A file, not :memory:: each request hands its connection back, and an
+    # in-memory database would vanish with it.
+    app = create_app({"TESTING": True, "DATABASE": str(tmp_path / "t.db")})
+    yield app
+    models.db.close_all()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def make_instance(client):
+    def make(**fields):
+        body = {"site_id": SITE, "user_id": USER, "name": "box", **fields}
+        resp = client.post("/api/instances", json=body)
+        assert resp.status_code == 201, resp.get_json()
+        return resp.get_json()
+    return make
+
+
+@pytest.fixture
+def instance(make_instance):
+    return make_instance()
+
+
+@pytest.fixture
+def make_log(client, instance):
+    def make(instance_id=None, **fields):
+        body = {"log_type": "system", "message": "started", **fields}
+        resp = client.post(f"/api/instances/{instance_id or instance['id']}/logs", json=body)
+        assert resp.status_code == 201, resp.get_json()
+        return resp.get_json()
+    return make
+
+
+@pytest.fixture
+def make_plan(client, instance):
+    def make(instance_id=None, **fields):
+        body = {"title": "Open the browser", "plan_type": "task", **fields}
+        resp = client.post(f"/api/instances/{instance_id or instance['id']}/plans", json=body)
+        assert resp.status_code == 201, resp.get_json()
+        return resp.get_json()
+    return make
+
+
+def assert_problem(resp, status, field=None, where="json"):
+    """An RFC 9457 body with this status; with `field`, a validation error
+    naming it under `where` (json or query)."""
+    assert resp.status_code == status, resp.get_data(as_text=True)
+    assert resp.mimetype == "application/problem+json"
+    body = resp.get_json()
+    assert body["status"] == status
+    assert body["type"] and body["title"] and body["detail"]
+    assert "Traceback" not in resp.get_data(as_text=True)
+    if field is not None:
+        assert field in body["errors"][where], body
+    return body
+
+
+def random_id():
+    return str(uuid.uuid4())
+
+
+class Server:
+    """The real service (`python app.py`, waitress) on an ephemeral port.
+
+    Output goes to a file, not a pipe, so a chatty server never blocks on a
+    full pipe that nobody reads."""
+
+    def __init__(self, tmp_path, *extra):
+        self.db_path = tmp_path / "live.db"
+        self.log_path = tmp_path / "server.log"
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(ROOT / "app.py"), "--port", "0",
+                 "--db", str(self.db_path), *extra],
+                cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        match = self.wait_for(r"Listening on (http://\S+) with database (\S+)")
+        self.url, self.database = match.group(1), match.group(2)
+
+    @property
+    def output(self):
+        return self.log_path.read_text()
+
+    def wait_for(self, pattern, timeout=15):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = re.search(pattern, self.output)
+            if match:
+                return match
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"no {pattern!r} in server output:\n{self.output}")
+
+    def stop(self, sig=signal.SIGTERM, timeout=10):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+
+@pytest.fixture
+def server(tmp_path):
+    srv = Server(tmp_path)
+    yield srv
+    if srv.proc.poll() is None:
+        srv.stop(signal.SIGKILL)
