@@ -17,7 +17,8 @@ run: $(STAMP)
 	$(BIN)/instance-api
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/flake8
+	$(BIN)/python -m pytest --cov --cov-report=term-missing:skip-covered
 
 lint: $(STAMP)
 	$(BIN)/flake8

@@ -9,9 +9,11 @@ import uuid
 import flask_smorest
 import orjson
 import waitress
+from waitress.channel import HTTPChannel
+from waitress.task import ErrorTask
 from flask import Flask, current_app, g, request
 from flask.json.provider import JSONProvider
-from werkzeug.exceptions import InternalServerError, RequestEntityTooLarge
+from werkzeug.exceptions import InternalServerError
 
 import models
 from routes import BLUEPRINTS
@@ -30,6 +32,16 @@ DEFAULTS = {
     "OPENAPI_VERSION": "3.1.0",
 }
 PROBLEM_TYPE = "about:blank"
+
+# Details for the errors raised by routing and werkzeug, whose stock sentences
+# say little to a curl user; errors raised by our code carry their own message.
+DETAILS = {
+    404: lambda error: f"Nothing is served at {request.path}.",
+    405: lambda error: f"{request.method} is not allowed on {request.path}; "
+                       f"allowed: {', '.join(sorted(error.valid_methods or ()))}.",
+    413: lambda error: "The body is larger than the limit of "
+                       f"{current_app.config['MAX_CONTENT_LENGTH']} bytes.",
+}
 
 
 class OrjsonProvider(JSONProvider):
@@ -62,7 +74,7 @@ def problem(error):
         "type": PROBLEM_TYPE,
         "title": error.name,
         "status": error.code,
-        "detail": data.get("message") or error.description,
+        "detail": data.get("message") or DETAILS.get(error.code, describe)(error),
     }
     errors = data.get("errors") or data.get("messages")
     if errors:
@@ -78,6 +90,10 @@ def problem(error):
     return response
 
 
+def describe(error):
+    return error.description
+
+
 def handle_unexpected(exc):
     """A fault no handler expected: full trace in the log, nothing to the client."""
     log.exception("Unhandled error in %s %s (request %s)",
@@ -86,9 +102,21 @@ def handle_unexpected(exc):
         description="An unexpected error occurred; it was logged with this request_id."))
 
 
-def handle_too_large(error):
-    limit = current_app.config["MAX_CONTENT_LENGTH"]
-    return problem(RequestEntityTooLarge(f"The body is larger than the limit of {limit} bytes."))
+# Environment values arrive as text (or whatever JSON they parse as), so each
+# setting is brought to its type once, with an error that names the variable.
+SETTING_TYPES = {"DATABASE": str, "HOST": str, "PORT": int, "THREADS": int,
+                 "MAX_BODY_BYTES": int, "BUSY_TIMEOUT": float}
+
+
+def coerce_settings(config):
+    for key, kind in SETTING_TYPES.items():
+        value = config[key]
+        try:
+            config[key] = kind(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"INSTANCES_{key} (or the {key} setting) is not a valid "
+                             f"{kind.__name__}: {value!r}") from None
+    config["MAX_CONTENT_LENGTH"] = config["MAX_BODY_BYTES"]
 
 
 def create_app(config=None):
@@ -98,15 +126,22 @@ def create_app(config=None):
     app.config.from_mapping(DEFAULTS)
     app.config.from_prefixed_env("INSTANCES")
     app.config.update(config or {})
-    app.config["MAX_CONTENT_LENGTH"] = int(app.config["MAX_BODY_BYTES"])
+    coerce_settings(app.config)
 
     models.db.initialize(models.open_sqlite(
-        str(app.config["DATABASE"]), busy_timeout=float(app.config["BUSY_TIMEOUT"])))
+        app.config["DATABASE"], busy_timeout=app.config["BUSY_TIMEOUT"]))
     models.create_tables()
 
     @app.before_request
     def tag_request():
         g.request_id = uuid.uuid4().hex
+
+    @app.after_request
+    def drop_type_of_empty_body(response):
+        # smorest labels a 204 as JSON; a response without a body has no type.
+        if response.status_code == 204:
+            response.headers.pop("Content-Type", None)
+        return response
 
     @app.teardown_request
     def release_connection(exc):
@@ -118,13 +153,34 @@ def create_app(config=None):
     api = Api(app)
     for blueprint in BLUEPRINTS:
         api.register_blueprint(blueprint)
-    app.register_error_handler(RequestEntityTooLarge, handle_too_large)
     app.register_error_handler(Exception, handle_unexpected)
     return app
 
 
+class ProblemErrorTask(ErrorTask):
+    """waitress answers some requests itself (a body past its own limit,
+    malformed HTTP); those answers are problem JSON too (CONTRACT 1.5)."""
+
+    def execute(self):
+        error = self.request.error
+        body = orjson.dumps({"type": PROBLEM_TYPE, "title": error.reason,
+                             "status": error.code, "detail": f"{error.reason}: {error.body}."})
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.append(("Content-Type", "application/problem+json"))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+class ProblemChannel(HTTPChannel):
+    error_task_class = ProblemErrorTask
+
+
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="instance-api", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="instance-api",
+        description="Serve the Instance Management API with waitress. Flags override "
+                    "the INSTANCES_* environment variables.")
     parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on, 0 for any free one "
                                                  "(default 8080)")
@@ -138,14 +194,19 @@ def main(argv=None):
     """Serve the app with waitress until Ctrl-C or SIGTERM."""
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(parse_args(argv))
-    cfg = app.config
-    server = waitress.create_server(
-        app, host=cfg["HOST"], port=int(cfg["PORT"]), threads=int(cfg["THREADS"]),
-        # A backstop only: Flask answers oversized bodies first, as problem JSON.
-        max_request_body_size=cfg["MAX_CONTENT_LENGTH"] + (64 << 10),
-        ident="instance-api",
-    )
+    try:
+        app = create_app(parse_args(argv))
+        cfg = app.config
+        server = waitress.create_server(
+            app, host=cfg["HOST"], port=cfg["PORT"], threads=cfg["THREADS"],
+            # A backstop only: Flask answers oversized bodies first, as problem JSON.
+            max_request_body_size=cfg["MAX_CONTENT_LENGTH"] + (64 << 10),
+            ident="instance-api",
+        )
+    except (ValueError, OSError) as exc:  # bad setting, port taken, unwritable file
+        log.error("Cannot start: %s", exc)
+        return 2
+    server.channel_class = ProblemChannel
     log.info("Listening on http://%s:%s with database %s", server.effective_host,
              server.effective_port, os.path.abspath(cfg["DATABASE"]))
 

@@ -116,6 +116,13 @@ class BaseModel(Model):
         legacy_table_names = False
 
 
+def same(stored, sent):
+    """Equal as JSON values: Python's `True == 1` and `1 == 1.0` would make a
+    PUT of {"flag": true} over {"flag": 1} look like no change."""
+    return orjson.dumps(stored, option=orjson.OPT_SORT_KEYS) == \
+        orjson.dumps(sent, option=orjson.OPT_SORT_KEYS)
+
+
 class EditableModel(BaseModel):
     """A row that can change after creation, so it carries updated_at."""
     updated_at = UTCDateTimeField()
@@ -128,7 +135,7 @@ class EditableModel(BaseModel):
     def apply(self, changes):
         """Store the fields of `changes` that differ; updated_at moves only
         when something did (PUT {} and no-op writes leave it as it was)."""
-        changed = [name for name, value in changes.items() if getattr(self, name) != value]
+        changed = [name for name, value in changes.items() if not same(getattr(self, name), value)]
         if changed:
             for name in changed:
                 setattr(self, name, changes[name])

@@ -24,10 +24,20 @@ def not_blank(value):
         raise ValidationError("Must contain a non-whitespace character.")
 
 
+class Pattern(validate.Regexp):
+    """Regexp that must match the whole value. Python's `$` also matches
+    before a final newline, so "system\\n" would pass a plain Regexp; the
+    pattern itself stays in the portable ^...$ form the API docs publish."""
+
+    def __call__(self, value):
+        if self.regex.fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
+
+
 def Slug(**kwargs):
     return fields.String(
-        validate=validate.Regexp(SLUG, error=f"Must be a lower-case slug matching {SLUG}."),
-        **kwargs)
+        validate=Pattern(SLUG, error="Must be a lower-case slug matching {regex}."), **kwargs)
 
 
 def Enum(choices, **kwargs):
@@ -74,8 +84,7 @@ class InstanceSchema(Schema):
     agent_id = fields.UUID(allow_none=True)
     configuration = fields.Dict(keys=fields.String())
     environment_variables = fields.Dict(
-        keys=fields.String(validate=validate.Regexp(
-            ENV_KEY, error=f"Variable names must match {ENV_KEY}.")),
+        keys=fields.String(validate=Pattern(ENV_KEY, error="Variable names must match {regex}.")),
         values=fields.String())
     created_at = fields.DateTime(dump_only=True)
     updated_at = fields.DateTime(dump_only=True)

@@ -21,7 +21,10 @@ USER = "9d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6"
 
 
 @pytest.fixture
-def app(tmp_path):
+def app(tmp_path, monkeypatch):
+    # Settings come from this dict only, whatever the caller's environment.
+    for name in [name for name in os.environ if name.startswith("INSTANCES_")]:
+        monkeypatch.delenv(name)
     # A file, not :memory:: each request hands its connection back, and an
     # in-memory database would vanish with it.
     app = create_app({"TESTING": True, "DATABASE": str(tmp_path / "t.db")})
