@@ -9,10 +9,10 @@ import uuid
 import flask_smorest
 import orjson
 import waitress
-from waitress.channel import HTTPChannel
-from waitress.task import ErrorTask
 from flask import Flask, current_app, g, request
 from flask.json.provider import JSONProvider
+from waitress.channel import HTTPChannel
+from waitress.task import ErrorTask
 from werkzeug.exceptions import InternalServerError
 
 import models

@@ -11,8 +11,8 @@ from datetime import datetime, timezone
 
 import orjson
 from peewee import (
-    DatabaseProxy, ForeignKeyField, JSONField, Model, TextField, UUIDField,
-    DateTimeField, IntegerField,
+    DatabaseProxy, DateTimeField, ForeignKeyField, IntegerField, JSONField, Model, TextField,
+    UUIDField,
 )
 from playhouse.pool import PooledSqliteDatabase
 
