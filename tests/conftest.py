@@ -1,6 +1,8 @@
 """Fixtures: an app per test on its own SQLite file, a client, row factories,
 a real server started through the users' entry point, and the one helper that
 checks the problem+json shape."""
+import http.client
+import json
 import os
 import re
 import signal
@@ -9,6 +11,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -88,6 +91,49 @@ def assert_problem(resp, status, field=None, where="json"):
 
 def random_id():
     return str(uuid.uuid4())
+
+
+class Reply:
+    """An http.client response with the attributes assert_problem reads, so
+    real-server answers are checked like test-client ones."""
+
+    def __init__(self, resp):
+        self.status_code = resp.status
+        self.headers = resp.headers
+        self.data = resp.read()
+        content_type = resp.getheader("Content-Type") or ""
+        self.mimetype = content_type.split(";")[0].strip().lower()
+
+    def get_data(self, as_text=False):
+        return self.data.decode("utf-8", "replace") if as_text else self.data
+
+    def get_json(self):
+        return json.loads(self.data)
+
+
+def connect(url, timeout=10):
+    parts = urlsplit(url)
+    assert parts.hostname == "127.0.0.1", url
+    return http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+
+
+def send(conn, method, path, body=None, headers=None):
+    """One request on an open (keep-alive) connection. A dict or list body is
+    sent as JSON; bytes go as they are, with the headers given."""
+    headers = dict(headers or {})
+    if body is not None and not isinstance(body, (bytes, str)):
+        body = json.dumps(body).encode()
+        headers.setdefault("Content-Type", "application/json")
+    conn.request(method, path, body=body, headers=headers)
+    return Reply(conn.getresponse())
+
+
+def call(url, method, path, body=None, headers=None):
+    conn = connect(url)
+    try:
+        return send(conn, method, path, body, headers)
+    finally:
+        conn.close()
 
 
 class Server:

@@ -1,7 +1,6 @@
 """The application as a whole: configuration, the database file, /healthz,
 the real server (start-up, flags, signals, console script), concurrency,
 and a few URL rules every route shares (upper-case ids, HEAD)."""
-import http.client
 import json
 import os
 import signal
@@ -19,7 +18,7 @@ import pytest
 
 import models
 from app import create_app
-from conftest import ROOT, SITE, USER, Server, assert_problem
+from conftest import ROOT, SITE, USER, Server, assert_problem, call, connect, send
 
 TIMEOUT = 10
 VALID = {"site_id": SITE, "user_id": USER, "name": "box"}
@@ -212,47 +211,6 @@ def test_healthz_recovers_when_the_database_is_usable_again(build, tmp_path):
 
 
 # -- the real server -------------------------------------------------------------
-
-class Reply:
-    """An http.client response with the attributes assert_problem reads."""
-
-    def __init__(self, resp):
-        self.status_code = resp.status
-        self.headers = resp.headers
-        self.data = resp.read()
-        content_type = resp.getheader("Content-Type") or ""
-        self.mimetype = content_type.split(";")[0].strip().lower()
-
-    def get_data(self, as_text=False):
-        return self.data.decode("utf-8", "replace") if as_text else self.data
-
-    def get_json(self):
-        return json.loads(self.data)
-
-
-def connect(url):
-    parts = urlsplit(url)
-    assert parts.hostname == "127.0.0.1", url
-    return http.client.HTTPConnection(parts.hostname, parts.port, timeout=TIMEOUT)
-
-
-def send(conn, method, path, body=None):
-    """One request on an open (keep-alive) connection."""
-    headers = {}
-    if body is not None:
-        body = json.dumps(body).encode()
-        headers["Content-Type"] = "application/json"
-    conn.request(method, path, body=body, headers=headers)
-    return Reply(conn.getresponse())
-
-
-def call(url, method, path, body=None):
-    conn = connect(url)
-    try:
-        return send(conn, method, path, body)
-    finally:
-        conn.close()
-
 
 @pytest.fixture
 def start_server(tmp_path):

@@ -15,7 +15,7 @@ import pytest
 
 import models
 from app import create_app
-from conftest import SITE, USER, assert_problem, random_id
+from conftest import SITE, USER, Reply, assert_problem, call, random_id
 
 TIMEOUT = 10
 LIMIT = 1 << 20
@@ -47,33 +47,6 @@ def allowed(resp):
 
 
 # -- the real server --------------------------------------------------------
-
-class Reply:
-    """An http.client response with the attributes assert_problem reads."""
-
-    def __init__(self, resp):
-        self.status_code = resp.status
-        self.headers = resp.headers
-        self.data = resp.read()
-        content_type = resp.getheader("Content-Type") or ""
-        self.mimetype = content_type.split(";")[0].strip().lower()
-
-    def get_data(self, as_text=False):
-        return self.data.decode("utf-8", "replace") if as_text else self.data
-
-    def get_json(self):
-        return json.loads(self.data)
-
-
-def call(url, method, path, body=None, headers=None):
-    parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=TIMEOUT)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        return Reply(conn.getresponse())
-    finally:
-        conn.close()
-
 
 def post_raw(url, body, headers, chunked):
     """POST `body` over a raw socket and read the answer, even when the server
