@@ -1,8 +1,8 @@
-"""Logs of an instance: /api/instances/{id}/logs and its item route."""
-import re
+"""Logs of an instance, /api/instances/{id}/logs: what only logs have (their
+fields, levels and filters). What logs share with plans is in test_nested.py."""
 import uuid
 from datetime import datetime, timedelta
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -20,12 +20,6 @@ def path_of(url):
     """The path and query of an absolute URL, for the test client."""
     parts = urlsplit(url)
     return f"{parts.path}?{parts.query}" if parts.query else parts.path
-
-
-def links(resp):
-    """The Link header as {rel: path-and-query}."""
-    header = resp.headers.get("Link", "")
-    return {rel: path_of(url) for url, rel in re.findall(r'<([^>]*)>;\s*rel="([^"]+)"', header)}
 
 
 def case_id(value):
@@ -203,167 +197,7 @@ def test_log_details_keep_nested_json_types(client, logs_url):
     assert client.get(path_of(resp.headers["Location"])).get_json()["details"] == details
 
 
-# -- parent instance ---------------------------------------------------------
-
-VALID_LOG = {"log_type": "system", "message": "m"}
-
-
-@pytest.mark.parametrize("method, body", [("GET", None), ("POST", VALID_LOG)])
-def test_logs_of_an_unknown_instance_are_404(client, method, body):
-    resp = client.open(f"/api/instances/{random_id()}/logs", method=method, json=body)
-    assert_problem(resp, 404)
-
-
-@pytest.mark.parametrize("bad_id", ["not-a-uuid", "123", "5b0c6b52-3c6b-4a55-8f6e-0d7c3a1e9a0"])
-@pytest.mark.parametrize("method, body", [("GET", None), ("POST", VALID_LOG)])
-def test_logs_under_a_malformed_instance_id_are_404(client, method, body, bad_id):
-    resp = client.open(f"/api/instances/{bad_id}/logs", method=method, json=body)
-    assert_problem(resp, 404)
-
-
-def test_logs_of_a_deleted_instance_are_404(client, instance, make_log, logs_url):
-    make_log()
-    assert client.delete(f"/api/instances/{instance['id']}").status_code == 204
-
-    assert_problem(client.get(logs_url), 404)
-    assert_problem(client.post(logs_url, json=VALID_LOG), 404)
-
-
-# -- single log --------------------------------------------------------------
-
-def test_get_log_by_id_returns_it(client, make_log, logs_url):
-    log = make_log(log_type="error", level="error", message="boom", details={"code": 7})
-
-    resp = client.get(f"{logs_url}/{log['id']}")
-
-    assert resp.status_code == 200
-    assert resp.mimetype == "application/json"
-    assert resp.get_json() == log
-
-
-def test_get_log_by_upper_case_ids_returns_it(client, instance, make_log):
-    log = make_log()
-
-    resp = client.get(f"/api/instances/{instance['id'].upper()}/logs/{log['id'].upper()}")
-
-    assert resp.status_code == 200
-    assert resp.get_json()["id"] == log["id"]
-
-
-def test_get_unknown_log_id_is_404(client, make_log, logs_url):
-    make_log()
-    assert_problem(client.get(f"{logs_url}/{random_id()}"), 404)
-
-
-def test_get_malformed_log_id_is_404(client, logs_url):
-    assert_problem(client.get(f"{logs_url}/not-a-uuid"), 404)
-
-
-def test_get_log_through_another_instance_is_404(client, make_instance, make_log):
-    other = make_instance(name="other")
-    log = make_log()
-
-    assert_problem(client.get(f"/api/instances/{other['id']}/logs/{log['id']}"), 404)
-
-
-def test_get_log_under_an_unknown_instance_is_404(client, make_log):
-    log = make_log()
-    assert_problem(client.get(f"/api/instances/{random_id()}/logs/{log['id']}"), 404)
-
-
-# -- lists -------------------------------------------------------------------
-
-def test_list_logs_of_a_new_instance_is_empty(client, logs_url):
-    resp = client.get(logs_url)
-
-    assert resp.status_code == 200
-    assert resp.mimetype == "application/json"
-    assert resp.get_json() == []
-    assert resp.headers["X-Total-Count"] == "0"
-    assert "Link" not in resp.headers or resp.headers["Link"] == ""
-
-
-def test_list_logs_is_newest_first(client, make_log, logs_url):
-    made = [make_log(message=f"event {n}")["id"] for n in range(5)]
-
-    resp = client.get(logs_url)
-
-    assert resp.status_code == 200
-    assert ids(resp) == made[::-1]
-    stamps = [datetime.fromisoformat(row["created_at"]) for row in resp.get_json()]
-    assert stamps == sorted(stamps, reverse=True)
-    assert resp.headers["X-Total-Count"] == "5"
-
-
-def test_list_logs_pages_with_limit_offset_and_links(client, make_log, logs_url):
-    made = [make_log(message=f"event {n}")["id"] for n in range(5)][::-1]
-
-    first = client.get(f"{logs_url}?limit=2")
-    assert ids(first) == made[0:2]
-    assert first.headers["X-Total-Count"] == "5"
-    assert "prev" not in links(first)
-
-    middle = client.get(links(first)["next"])
-    assert middle.status_code == 200
-    assert ids(middle) == made[2:4]
-    assert middle.headers["X-Total-Count"] == "5"
-
-    last = client.get(links(middle)["next"])
-    assert ids(last) == made[4:]
-    assert "next" not in links(last)
-
-    back = client.get(links(last)["prev"])
-    assert ids(back) == made[2:4]
-    assert ids(client.get(links(middle)["prev"])) == made[0:2]
-
-
-def test_list_logs_offset_and_limit_select_the_window(client, make_log, logs_url):
-    made = [make_log(message=f"event {n}")["id"] for n in range(4)][::-1]
-
-    resp = client.get(f"{logs_url}?limit=2&offset=1")
-
-    assert ids(resp) == made[1:3]
-    assert resp.headers["X-Total-Count"] == "4"
-    assert set(links(resp)) == {"next", "prev"}
-
-
-def test_list_logs_links_keep_the_filters(client, make_log, logs_url):
-    for _ in range(3):
-        make_log(level="error")
-    make_log(level="info")
-
-    resp = client.get(f"{logs_url}?level=error&limit=1&offset=1")
-    page_links = links(resp)
-
-    assert resp.headers["X-Total-Count"] == "3"
-    for rel in ("next", "prev"):
-        query = parse_qs(urlsplit(page_links[rel]).query)
-        assert query["level"] == ["error"]
-        assert query["limit"] == ["1"]
-    assert parse_qs(urlsplit(page_links["next"]).query)["offset"] == ["2"]
-    assert parse_qs(urlsplit(page_links["prev"]).query)["offset"] == ["0"]
-
-
-def test_list_logs_offset_past_the_end_is_an_empty_page(client, make_log, logs_url):
-    make_log()
-
-    resp = client.get(f"{logs_url}?offset=10")
-
-    assert resp.status_code == 200
-    assert resp.get_json() == []
-    assert resp.headers["X-Total-Count"] == "1"
-
-
-def test_list_logs_with_limit_zero_counts_without_rows(client, make_log, logs_url):
-    make_log()
-    make_log()
-
-    resp = client.get(f"{logs_url}?limit=0")
-
-    assert resp.status_code == 200
-    assert resp.get_json() == []
-    assert resp.headers["X-Total-Count"] == "2"
-
+# -- list filters ------------------------------------------------------------
 
 def test_list_logs_filters_by_level_with_exact_totals(client, make_log, logs_url):
     for level, count in (("debug", 1), ("info", 2), ("error", 3)):
@@ -424,16 +258,3 @@ def test_list_logs_combines_filters(client, make_log, logs_url):
 ])
 def test_list_logs_rejects_bad_query_parameters(client, logs_url, query, field):
     assert_problem(client.get(f"{logs_url}?{query}"), 422, field, where="query")
-
-
-def test_logs_of_one_instance_never_show_in_another(client, make_instance, make_log, logs_url):
-    other = make_instance(name="other")
-    mine = [make_log(level="error")["id"] for _ in range(2)]
-    theirs = make_log(instance_id=other["id"], level="error")["id"]
-    other_url = f"/api/instances/{other['id']}/logs"
-
-    assert ids(client.get(logs_url))[::-1] == mine
-    assert client.get(logs_url).headers["X-Total-Count"] == "2"
-    assert ids(client.get(other_url)) == [theirs]
-    assert client.get(f"{other_url}?level=error").headers["X-Total-Count"] == "1"
-    assert client.get(f"{logs_url}?level=error").headers["X-Total-Count"] == "2"

@@ -1,8 +1,9 @@
-"""Plans of an instance: /api/instances/{id}/plans and its item route."""
-import re
+"""Plans of an instance, /api/instances/{id}/plans: what only plans have (their
+fields, statuses and filters), and what deleting an instance does to its plans
+and logs. What plans share with logs is in test_nested.py."""
 import uuid
 from datetime import datetime, timedelta
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -38,21 +39,11 @@ def path_of(url):
     return f"{parts.path}?{parts.query}" if parts.query else parts.path
 
 
-def links(resp):
-    """The Link header as {rel: path-and-query}."""
-    header = resp.headers.get("Link", "")
-    return {rel: path_of(url) for url, rel in re.findall(r'<([^>]*)>;\s*rel="([^"]+)"', header)}
-
-
 def case_id(value):
     """A short readable test id for a table row."""
     if isinstance(value, dict):
         return ",".join(f"{key}={str(val)[:12]!r}" for key, val in value.items())
     return str(value)
-
-
-def ids(resp):
-    return [row["id"] for row in resp.get_json()]
 
 
 # -- create ------------------------------------------------------------------
@@ -217,120 +208,7 @@ def test_plan_text_is_stored_verbatim(client, plans_url, text):
     assert (fetched["title"], fetched["description"], fetched["instructions"]) == (text,) * 3
 
 
-# -- parent instance ---------------------------------------------------------
-
-@pytest.mark.parametrize("method, body", [("GET", None), ("POST", VALID_PLAN)])
-def test_plans_of_an_unknown_instance_are_404(client, method, body):
-    resp = client.open(f"/api/instances/{random_id()}/plans", method=method, json=body)
-    assert_problem(resp, 404)
-
-
-@pytest.mark.parametrize("method, body", [("GET", None), ("POST", VALID_PLAN)])
-def test_plans_under_a_malformed_instance_id_are_404(client, method, body):
-    resp = client.open("/api/instances/not-a-uuid/plans", method=method, json=body)
-    assert_problem(resp, 404)
-
-
-# -- single plan -------------------------------------------------------------
-
-def test_get_plan_by_id_returns_it(client, make_plan, plans_url):
-    plan = make_plan(title="Fill the form", priority=3, instructions="Tab through fields")
-
-    resp = client.get(f"{plans_url}/{plan['id']}")
-
-    assert resp.status_code == 200
-    assert resp.mimetype == "application/json"
-    assert resp.get_json() == plan
-
-
-def test_get_plan_by_upper_case_ids_returns_it(client, instance, make_plan):
-    plan = make_plan()
-
-    resp = client.get(f"/api/instances/{instance['id'].upper()}/plans/{plan['id'].upper()}")
-
-    assert resp.status_code == 200
-    assert resp.get_json()["id"] == plan["id"]
-
-
-def test_get_unknown_plan_id_is_404(client, make_plan, plans_url):
-    make_plan()
-    assert_problem(client.get(f"{plans_url}/{random_id()}"), 404)
-
-
-def test_get_malformed_plan_id_is_404(client, plans_url):
-    assert_problem(client.get(f"{plans_url}/not-a-uuid"), 404)
-
-
-def test_get_plan_through_another_instance_is_404(client, make_instance, make_plan):
-    other = make_instance(name="other")
-    plan = make_plan()
-
-    assert_problem(client.get(f"/api/instances/{other['id']}/plans/{plan['id']}"), 404)
-
-
-# -- lists -------------------------------------------------------------------
-
-def test_list_plans_of_a_new_instance_is_empty(client, plans_url):
-    resp = client.get(plans_url)
-
-    assert resp.status_code == 200
-    assert resp.mimetype == "application/json"
-    assert resp.get_json() == []
-    assert resp.headers["X-Total-Count"] == "0"
-
-
-def test_list_plans_is_newest_first_regardless_of_priority(client, make_plan, plans_url):
-    made = [make_plan(title=f"step {n}", priority=n % 3)["id"] for n in range(5)]
-
-    resp = client.get(plans_url)
-
-    assert resp.status_code == 200
-    assert ids(resp) == made[::-1]
-    assert resp.headers["X-Total-Count"] == "5"
-    stamps = [datetime.fromisoformat(row["created_at"]) for row in resp.get_json()]
-    assert stamps == sorted(stamps, reverse=True)
-
-
-def test_list_plans_pages_with_limit_offset_and_links(client, make_plan, plans_url):
-    made = [make_plan(title=f"step {n}")["id"] for n in range(5)][::-1]
-
-    first = client.get(f"{plans_url}?limit=2")
-    assert ids(first) == made[0:2]
-    assert first.headers["X-Total-Count"] == "5"
-    assert set(links(first)) == {"next"}
-
-    middle = client.get(links(first)["next"])
-    assert ids(middle) == made[2:4]
-    assert set(links(middle)) == {"next", "prev"}
-
-    last = client.get(links(middle)["next"])
-    assert ids(last) == made[4:]
-    assert set(links(last)) == {"prev"}
-    assert ids(client.get(links(last)["prev"])) == made[2:4]
-
-
-def test_list_plans_links_keep_the_filters(client, make_plan, plans_url):
-    for _ in range(3):
-        make_plan(status="failed")
-    make_plan()
-
-    resp = client.get(f"{plans_url}?status=failed&limit=1&offset=1")
-
-    assert resp.headers["X-Total-Count"] == "3"
-    for rel, offset in (("next", "2"), ("prev", "0")):
-        query = parse_qs(urlsplit(links(resp)[rel]).query)
-        assert query == {"status": ["failed"], "limit": ["1"], "offset": [offset]}
-
-
-def test_list_plans_offset_past_the_end_is_an_empty_page(client, make_plan, plans_url):
-    make_plan()
-
-    resp = client.get(f"{plans_url}?offset=5")
-
-    assert resp.status_code == 200
-    assert resp.get_json() == []
-    assert resp.headers["X-Total-Count"] == "1"
-
+# -- list filters ------------------------------------------------------------
 
 def test_list_plans_filters_by_status_with_exact_totals(client, make_plan, plans_url):
     for status, count in (("pending", 1), ("in_progress", 2), ("completed", 3)):
@@ -386,16 +264,6 @@ def test_list_plans_combines_filters(client, make_plan, plans_url):
 ])
 def test_list_plans_rejects_bad_query_parameters(client, plans_url, query, field):
     assert_problem(client.get(f"{plans_url}?{query}"), 422, field, where="query")
-
-
-def test_plans_of_one_instance_never_show_in_another(client, make_instance, make_plan,
-                                                     plans_url):
-    other = make_instance(name="other")
-    mine = make_plan(status="failed")["id"]
-    theirs = make_plan(instance_id=other["id"], status="failed")["id"]
-
-    assert ids(client.get(plans_url)) == [mine]
-    assert ids(client.get(f"/api/instances/{other['id']}/plans?status=failed")) == [theirs]
 
 
 # -- deleting the instance ---------------------------------------------------
