@@ -64,12 +64,25 @@ def get_or_404(model, row_id, *where):
     """The row with this id (and matching `where`), or 404 naming the kind."""
     row = model.get_or_none(model.id == row_id, *where)
     if row is None:
-        abort(404, message=f"No {noun(model)} with id {row_id}.")
+        not_found(model, row_id)
     return row
 
 
-def get_instance_or_404(instance_id):
-    return get_or_404(Instance, instance_id)
+def require_instance(instance_id):
+    """404 unless the instance exists. Nested routes need only its id, so this
+    reads the index, not the row and its JSON columns."""
+    if not Instance.select(Instance.id).where(Instance.id == instance_id).exists():
+        not_found(Instance, instance_id)
+
+
+def children_of(model, instance_id):
+    """The rows of a nested `model` under an existing instance."""
+    require_instance(instance_id)
+    return model.select().where(model.instance == instance_id)
+
+
+def not_found(model, row_id):
+    abort(404, message=f"No {noun(model)} with id {row_id}.")
 
 
 def noun(model):

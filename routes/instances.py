@@ -2,7 +2,7 @@
 from flask.views import MethodView
 
 from models import Instance
-from routes.common import Blueprint, abort, created, get_or_404, list_response
+from routes.common import Blueprint, created, get_or_404, list_response, not_found
 from schemas import InstanceCreateSchema, InstanceQuerySchema, InstanceSchema, InstanceUpdateSchema
 
 blp = Blueprint("instances", __name__, url_prefix="/api/instances",
@@ -42,4 +42,4 @@ class InstanceById(MethodView):
     def delete(self, instance_id):
         """Delete an instance with its logs and plans."""
         if not Instance.delete_by_id(instance_id):
-            abort(404, message=f"No instance with id {instance_id}.")
+            not_found(Instance, instance_id)

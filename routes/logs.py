@@ -2,7 +2,9 @@
 from flask.views import MethodView
 
 from models import InstanceLog
-from routes.common import Blueprint, created, get_instance_or_404, get_or_404, list_response
+from routes.common import (
+    Blueprint, children_of, created, get_or_404, list_response, require_instance,
+)
 from schemas import LogCreateSchema, LogQuerySchema, LogSchema
 
 blp = Blueprint("logs", __name__, url_prefix="/api/instances/<uuid:instance_id>/logs",
@@ -15,14 +17,14 @@ class InstanceLogs(MethodView):
     @blp.response(200, LogSchema(many=True))
     def get(self, args, instance_id):
         """List an instance's logs, newest first."""
-        instance = get_instance_or_404(instance_id)
-        return list_response(instance.logs, args)
+        return list_response(children_of(InstanceLog, instance_id), args)
 
     @blp.arguments(LogCreateSchema)
     @blp.response(201, LogSchema)
     def post(self, data, instance_id):
         """Append a log to an instance."""
-        log = InstanceLog.create(instance=get_instance_or_404(instance_id), **data)
+        require_instance(instance_id)
+        log = InstanceLog.create(instance=instance_id, **data)
         return created(log, "logs.InstanceLogById", instance_id=instance_id, log_id=log.id)
 
 

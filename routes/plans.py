@@ -2,7 +2,9 @@
 from flask.views import MethodView
 
 from models import InstancePlan
-from routes.common import Blueprint, created, get_instance_or_404, get_or_404, list_response
+from routes.common import (
+    Blueprint, children_of, created, get_or_404, list_response, require_instance,
+)
 from schemas import PlanCreateSchema, PlanQuerySchema, PlanSchema
 
 blp = Blueprint("plans", __name__, url_prefix="/api/instances/<uuid:instance_id>/plans",
@@ -15,14 +17,14 @@ class InstancePlans(MethodView):
     @blp.response(200, PlanSchema(many=True))
     def get(self, args, instance_id):
         """List an instance's plans, newest first."""
-        instance = get_instance_or_404(instance_id)
-        return list_response(instance.plans, args)
+        return list_response(children_of(InstancePlan, instance_id), args)
 
     @blp.arguments(PlanCreateSchema)
     @blp.response(201, PlanSchema)
     def post(self, data, instance_id):
         """Add a plan to an instance."""
-        plan = InstancePlan.create(instance=get_instance_or_404(instance_id), **data)
+        require_instance(instance_id)
+        plan = InstancePlan.create(instance=instance_id, **data)
         return created(plan, "plans.InstancePlanById", instance_id=instance_id, plan_id=plan.id)
 
 

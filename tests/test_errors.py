@@ -187,21 +187,7 @@ NESTED_BODIES = {
     "plans": {"title": "Open the browser", "plan_type": "task"},
 }
 
-
-@pytest.mark.parametrize("kind", ["logs", "plans"])
-@pytest.mark.parametrize("method", ["GET", "POST"])
-def test_an_unknown_parent_instance_of_logs_and_plans_is_404(client, kind, method):
-    body = NESTED_BODIES[kind] if method == "POST" else None
-    resp = client.open(f"/api/instances/{random_id()}/{kind}", method=method, json=body)
-    assert_problem(resp, 404)
-
-
-@pytest.mark.parametrize("kind", ["logs", "plans"])
-@pytest.mark.parametrize("method", ["GET", "POST"])
-def test_a_malformed_parent_instance_id_of_logs_and_plans_is_404(client, kind, method):
-    body = NESTED_BODIES[kind] if method == "POST" else None
-    resp = client.open(f"/api/instances/not-a-uuid/{kind}", method=method, json=body)
-    assert_problem(resp, 404)
+# Unknown and malformed parent instances of logs and plans: tests/test_nested.py.
 
 
 def test_a_deleted_instance_is_404_afterwards(client, instance):
