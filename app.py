@@ -2,8 +2,10 @@
 import argparse
 import logging
 import os
+import re
 import signal
 import sys
+import time
 import uuid
 
 import flask_smorest
@@ -19,6 +21,7 @@ import models
 from routes import BLUEPRINTS
 
 log = logging.getLogger("instance_api")
+access_log = logging.getLogger("instance_api.access")
 
 DEFAULTS = {
     "DATABASE": "instances.db",
@@ -32,6 +35,9 @@ DEFAULTS = {
     "OPENAPI_VERSION": "3.1.0",
 }
 PROBLEM_TYPE = "about:blank"
+# 2.4: an X-Request-ID is echoed only when it is a sane token; anything else
+# (too long, spaces, control characters) could forge or break log lines.
+SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,200}")
 
 # Details for the errors raised by routing and werkzeug, whose stock sentences
 # say little to a curl user; errors raised by our code carry their own message.
@@ -84,7 +90,8 @@ def problem(error):
     if error.code >= 500:
         body["request_id"] = g.get("request_id")
     response = error.get_response()
-    response.set_data(orjson.dumps(body))
+    # List and batch errors are keyed by position (int keys).
+    response.set_data(orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS))
     response.mimetype = "application/problem+json"
     response.headers.update(data.get("headers") or {})
     return response
@@ -134,13 +141,19 @@ def create_app(config=None):
 
     @app.before_request
     def tag_request():
-        g.request_id = uuid.uuid4().hex
+        g.started = time.perf_counter()
+        sent = request.headers.get("X-Request-ID", "")
+        g.request_id = sent if SANE_REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
 
     @app.after_request
-    def drop_type_of_empty_body(response):
+    def finish_response(response):
         # smorest labels a 204 as JSON; a response without a body has no type.
         if response.status_code == 204:
             response.headers.pop("Content-Type", None)
+        response.headers["X-Request-ID"] = g.request_id
+        access_log.info("%s %s %s %.1fms request_id=%s", request.method, request.full_path
+                        if request.query_string else request.path, response.status_code,
+                        (time.perf_counter() - g.started) * 1000, g.request_id)
         return response
 
     @app.teardown_request
@@ -203,7 +216,8 @@ def main(argv=None):
             max_request_body_size=cfg["MAX_CONTENT_LENGTH"] + (64 << 10),
             ident="instance-api",
         )
-    except (ValueError, OSError) as exc:  # bad setting, port taken, unwritable file
+    # A bad setting, a taken port, an unwritable file, a file from a newer server.
+    except (ValueError, OSError, models.SchemaTooNew) as exc:
         log.error("Cannot start: %s", exc)
         return 2
     server.channel_class = ProblemChannel

@@ -11,9 +11,10 @@ from datetime import datetime, timezone
 
 import orjson
 from peewee import (
-    DatabaseProxy, DateTimeField, ForeignKeyField, IntegerField, JSONField, Model, TextField,
-    UUIDField,
+    Case, DatabaseProxy, DateTimeField, ForeignKeyField, IntegerField, JSONField, Model,
+    TextField, UUIDField, fn,
 )
+from playhouse.migrate import SchemaMigrator, migrate
 from playhouse.pool import PooledSqliteDatabase
 
 db = DatabaseProxy()
@@ -27,6 +28,7 @@ INSTANCE_STATUSES = (
 )
 LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
 PLAN_STATUSES = ("pending", "in_progress", "completed", "failed", "cancelled")
+PLAN_DONE = ("completed", "failed", "cancelled")
 
 # WAL lets readers run beside the one writer; NORMAL skips the fsync on each
 # commit in WAL mode (a crash of the process loses nothing committed);
@@ -43,11 +45,35 @@ SQLITE_PRAGMAS = (
 
 def open_sqlite(path, busy_timeout=5.0):
     """A pooled SQLite database: each request borrows a connection and gives
-    it back at teardown, so pragmas run once per connection, not per request."""
-    return PooledSqliteDatabase(
-        path, pragmas=SQLITE_PRAGMAS, timeout=busy_timeout,
+    it back at teardown, so pragmas run once per connection, not per request.
+
+    Every transaction begins IMMEDIATE, taking the write lock up front: the
+    writes that read first (If-Match, idempotency keys, parent checks) then
+    cannot interleave, and no transaction has to upgrade a read lock, which
+    in WAL mode fails at once instead of waiting for the busy timeout.
+    """
+    database = PooledSqliteDatabase(
+        path, pragmas=SQLITE_PRAGMAS, timeout=busy_timeout, lock_type="IMMEDIATE",
         max_connections=None, check_same_thread=False,
     )
+    # SQLite's own lower() and LIKE fold ASCII only; `q` should find "Écran"
+    # with "écran" too.
+    database.register_function(_casefold, "casefold", 1, deterministic=True)
+    return database
+
+
+def _casefold(text):
+    return None if text is None else text.casefold()
+
+
+def write():
+    """The transaction every write runs in (IMMEDIATE on SQLite, see above)."""
+    return db.atomic()
+
+
+def contains_folded(field, text):
+    """`field` contains `text`, ignoring case (Unicode-aware)."""
+    return fn.instr(fn.casefold(field), text.casefold()) > 0
 
 
 _uuid7_lock = threading.Lock()
@@ -111,9 +137,21 @@ class BaseModel(Model):
     id = UUIDField(primary_key=True, default=uuid7)
     created_at = UTCDateTimeField(default=utcnow)
 
+    # Closed-set columns that sort in the order of their set (severity,
+    # lifecycle) rather than alphabetically.
+    RANKED = {}
+
     class Meta:
         database = db
         legacy_table_names = False
+
+    @classmethod
+    def sort_key(cls, name):
+        column = getattr(cls, name)
+        ranks = cls.RANKED.get(name)
+        if ranks is None:
+            return column
+        return Case(column, [(value, rank) for rank, value in enumerate(ranks)])
 
 
 def same(stored, sent):
@@ -128,8 +166,9 @@ class EditableModel(BaseModel):
     updated_at = UTCDateTimeField()
 
     def save(self, *args, **kwargs):
-        if self.updated_at is None:
+        if self.updated_at is None:  # a new row
             self.updated_at = self.created_at
+            self.changed(self._meta.fields, self.created_at)
         return super().save(*args, **kwargs)
 
     def apply(self, changes):
@@ -140,11 +179,19 @@ class EditableModel(BaseModel):
             for name in changed:
                 setattr(self, name, changes[name])
             self.updated_at = utcnow()
-            self.save(only=[*changed, "updated_at"])
+            derived = self.changed(changed, self.updated_at)
+            self.save(only=[*changed, *derived, "updated_at"])
         return self
+
+    def changed(self, names, now):
+        """Hook: fields `names` were just set at `now`; returns the names of
+        the fields the server derived from them."""
+        return ()
 
 
 class Instance(EditableModel):
+    RANKED = {"status": INSTANCE_STATUSES}
+
     site_id = UUIDField()
     user_id = UUIDField()
     name = TextField()
@@ -162,10 +209,15 @@ class Instance(EditableModel):
             (("site_id", "created_at", "id"), False),
             (("status", "created_at", "id"), False),
             (("site_id", "status", "created_at", "id"), False),
+            (("user_id", "created_at", "id"), False),
+            (("agent_id", "created_at", "id"), False),
+            (("instance_type", "created_at", "id"), False),
         )
 
 
 class InstanceLog(BaseModel):
+    RANKED = {"level": LOG_LEVELS}
+
     # The composite indexes below start with instance_id, so the foreign key
     # needs no index of its own (cascade deletes use them too).
     instance = ForeignKeyField(Instance, on_delete="CASCADE", index=False, backref="logs")
@@ -182,15 +234,31 @@ class InstanceLog(BaseModel):
             (("instance", "level", "created_at", "id"), False),
         )
 
+    @classmethod
+    def create_many(cls, instance_id, entries):
+        """Insert a batch in one statement per 100 rows; the caller's
+        transaction makes it all or nothing."""
+        logs = [cls(instance=instance_id, **entry) for entry in entries]
+        cls.bulk_create(logs, batch_size=100)
+        return logs
+
 
 class InstancePlan(EditableModel):
+    RANKED = {"status": PLAN_STATUSES}
+
     instance = ForeignKeyField(Instance, on_delete="CASCADE", index=False, backref="plans")
+    # Deleting a parent detaches its children (see routes/plans.py); SET NULL
+    # is the database's backstop for the same rule.
+    parent = ForeignKeyField("self", null=True, on_delete="SET NULL", index=False,
+                             backref="children")
     title = TextField()
     description = TextField(null=True)
     plan_type = TextField()
     status = TextField()
     priority = IntegerField()
     instructions = TextField(null=True)
+    started_at = UTCDateTimeField(null=True)
+    completed_at = UTCDateTimeField(null=True)
 
     class Meta:
         table_name = "instance_plan"
@@ -198,13 +266,102 @@ class InstancePlan(EditableModel):
             (("instance", "created_at", "id"), False),
             (("instance", "status", "created_at", "id"), False),
             (("instance", "plan_type", "created_at", "id"), False),
+            # Leads with parent_id: the parent_id filter and the lookup of a
+            # deleted parent's children both use it.
+            (("parent", "created_at", "id"), False),
         )
 
+    def changed(self, names, now):
+        """started_at is the first move to in_progress; completed_at the last
+        move to a final status, cleared when the plan is reopened."""
+        if "status" not in names:
+            return ()
+        if self.status == "in_progress" and self.started_at is None:
+            self.started_at = now
+        self.completed_at = now if self.status in PLAN_DONE else None
+        return ("started_at", "completed_at")
 
-MODELS = (Instance, InstanceLog, InstancePlan)
+    def detach_children(self):
+        """Make this plan's children top-level plans (before it is deleted)."""
+        InstancePlan.update(parent=None, updated_at=utcnow()).where(
+            InstancePlan.parent == self.id).execute()
+
+    def ancestor_ids(self, limit=10_000):
+        """Ids from this plan's parent up to its root."""
+        ids, parent_id = [], self.parent_id
+        while parent_id is not None and len(ids) < limit:
+            ids.append(parent_id)
+            parent_id = (InstancePlan.select(InstancePlan.parent)
+                         .where(InstancePlan.id == parent_id).scalar())
+        return ids
+
+
+class IdempotencyKey(Model):
+    """The first successful response to a POST sent with an Idempotency-Key,
+    kept so that a retry replays it instead of creating a second record."""
+    key = TextField(primary_key=True)
+    fingerprint = TextField()    # method, route and canonical JSON body
+    status = IntegerField()
+    body = TextField()
+    location = TextField(null=True)
+    created_at = UTCDateTimeField(default=utcnow, index=True)  # for the expiry sweep
+
+    class Meta:
+        database = db
+        table_name = "idempotency_key"
+
+
+class SchemaVersion(Model):
+    """One row: the version of the tables in this database file."""
+    version = IntegerField(primary_key=True)
+
+    class Meta:
+        database = db
+        table_name = "schema_version"
+
+
+MODELS = (Instance, InstanceLog, InstancePlan, IdempotencyKey, SchemaVersion)
+
+# Files written by the first release have the tables but no schema_version.
+FIRST_VERSION = 1
+SCHEMA_VERSION = 2
+
+
+class SchemaTooNew(Exception):
+    pass
+
+
+def _add_plan_tree_and_times(migrator):
+    migrate(
+        migrator.add_column("instance_plan", "parent_id", InstancePlan.parent),
+        migrator.add_column("instance_plan", "started_at", InstancePlan.started_at),
+        migrator.add_column("instance_plan", "completed_at", InstancePlan.completed_at),
+    )
+
+
+# MIGRATIONS[n] takes a database at version n - 1 to version n. New tables and
+# indexes need no entry: create_tables(safe=True) adds whatever is missing.
+MIGRATIONS = {2: _add_plan_tree_and_times}
 
 
 def create_tables():
-    """Create missing tables and indexes; a no-op on an existing file."""
-    with db.connection_context():
+    """Bring the database file to SCHEMA_VERSION: create it when empty,
+    migrate it when older, refuse it when a newer server wrote it."""
+    with db.connection_context(), db.atomic():
+        tables = set(db.get_tables())
+        if Instance._meta.table_name not in tables:
+            version = SCHEMA_VERSION
+        elif SchemaVersion._meta.table_name in tables:
+            version = SchemaVersion.select(fn.MAX(SchemaVersion.version)).scalar()
+        else:
+            version = FIRST_VERSION
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"the database has schema version {version}, newer than this server's "
+                f"{SCHEMA_VERSION}; run a newer instance-api or another file")
+        migrator = SchemaMigrator.from_database(db.obj)
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            MIGRATIONS[step](migrator)
         db.create_tables(MODELS, safe=True)
+        SchemaVersion.delete().execute()
+        SchemaVersion.create(version=SCHEMA_VERSION)

@@ -6,7 +6,10 @@ and without defaults (so an update cannot reset a field nobody sent);
 `<Noun>CreateSchema` adds what create requires and the defaults, side by side
 as in the contract's tables; `<Noun>QuerySchema` is the list query.
 """
-from marshmallow import Schema, ValidationError, fields, pre_load, validate
+from datetime import timezone
+
+from marshmallow import Schema, ValidationError, fields, pre_load, validate, validates_schema
+from webargs.fields import DelimitedList
 
 from models import INSTANCE_STATUSES, INSTANCE_TYPES, LOG_LEVELS, PLAN_STATUSES
 
@@ -16,7 +19,9 @@ INT32 = validate.Range(-(2**31), 2**31 - 1)
 
 # Fields the server sets. They are ignored when a client sends them back, so a
 # GET-edit-PUT round trip works (CONTRACT 1.3, 1.6).
-SERVER_SET = frozenset(("id", "instance_id", "created_at", "updated_at"))
+SERVER_SET = frozenset(("id", "instance_id", "created_at", "updated_at",
+                        "started_at", "completed_at"))
+BATCH_MAX = 1000
 
 
 def not_blank(value):
@@ -42,6 +47,48 @@ def Slug(**kwargs):
 
 def Enum(choices, **kwargs):
     return fields.String(validate=validate.OneOf(choices), **kwargs)
+
+
+def EnumList(choices):
+    """A query filter taking one value of `choices` or a comma list of them."""
+    return DelimitedList(Enum(choices), validate=validate.Length(min=1))
+
+
+class Timestamp(fields.AwareDateTime):
+    """An RFC 3339 query timestamp with a zone, brought to UTC."""
+
+    default_error_messages = {
+        "invalid": "Not a valid RFC 3339 timestamp; use e.g. 2026-11-28T22:10:25Z "
+                   "(a '+' in an offset must be sent as %2B in a URL).",
+        "invalid_awareness": "The timestamp needs a zone: Z or an offset like +02:00.",
+    }
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        moment = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return moment.astimezone(timezone.utc)
+        except OverflowError:  # 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+            raise self.make_error("invalid") from None
+
+
+class Sort(DelimitedList):
+    """`sort=a,-b`: fields from `names`, each ascending or, with a leading
+    `-`, descending. Loads as a list of (name, descending) pairs."""
+
+    def __init__(self, names):
+        self.names = names
+        super().__init__(fields.String(), validate=validate.Length(min=1))
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        keys = []
+        for item in super()._deserialize(value, attr, data, **kwargs):
+            name = item.removeprefix("-")
+            if name not in self.names:
+                raise ValidationError(
+                    f"Cannot sort by {item!r}; use {', '.join(self.names)}, "
+                    "each with a leading - for descending order.")
+            keys.append((name, item.startswith("-")))
+        return keys
 
 
 class InputSchema(Schema):
@@ -70,6 +117,25 @@ class ListQuerySchema(Schema):
     """Pagination shared by every list (CONTRACT 1.4)."""
     limit = fields.Integer(load_default=50, validate=validate.Range(0, 1000))
     offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+
+
+class OneOrMany:
+    """Mixin for the one body that may also be a JSON array (CONTRACT 2.4):
+    an array of 1..BATCH_MAX entries loads and dumps as a list, and its
+    errors are keyed by entry index."""
+
+    ACCEPTS_ARRAY = True
+
+    def load(self, data, *, many=None, **kwargs):
+        if isinstance(data, list):
+            if not 1 <= len(data) <= BATCH_MAX:
+                raise ValidationError({"_schema": [
+                    f"A batch holds 1 to {BATCH_MAX} entries; this one has {len(data)}."]})
+            many = True
+        return super().load(data, many=many, **kwargs)
+
+    def dump(self, obj, *, many=None):
+        return super().dump(obj, many=isinstance(obj, list) if many is None else many)
 
 
 # -- instances ---------------------------------------------------------------
@@ -104,7 +170,12 @@ class InstanceCreateSchema(InstanceUpdateSchema):
 
 class InstanceQuerySchema(ListQuerySchema):
     site_id = fields.UUID()
-    status = Enum(INSTANCE_STATUSES)
+    user_id = fields.UUID()
+    agent_id = fields.UUID()
+    status = EnumList(INSTANCE_STATUSES)
+    instance_type = EnumList(INSTANCE_TYPES)
+    q = fields.String(validate=validate.Length(1, 255))
+    sort = Sort(("created_at", "updated_at", "name", "status"))
 
 
 # -- logs --------------------------------------------------------------------
@@ -124,9 +195,27 @@ class LogCreateSchema(InputSchema, LogSchema):
     DEFAULTS = {"level": "info", "details": dict}
 
 
+class LogBatchSchema(OneOrMany, LogCreateSchema):
+    """One log as an object, or a batch of them as an array."""
+
+
+class LogOneOrManySchema(OneOrMany, LogSchema):
+    pass
+
+
 class LogQuerySchema(ListQuerySchema):
     log_type = Slug()
-    level = Enum(LOG_LEVELS)
+    level = EnumList(LOG_LEVELS)
+    min_level = Enum(LOG_LEVELS)
+    since = Timestamp()
+    until = Timestamp()
+    after = fields.UUID()
+    sort = Sort(("created_at", "level"))
+
+    @validates_schema
+    def after_has_its_own_order(self, data, **kwargs):
+        if "after" in data and "sort" in data:
+            raise ValidationError("A list with after is oldest first; leave out sort.", "sort")
 
 
 # -- plans -------------------------------------------------------------------
@@ -140,6 +229,9 @@ class PlanSchema(Schema):
     status = Enum(PLAN_STATUSES)
     priority = fields.Integer(strict=True, validate=INT32)
     instructions = fields.String(allow_none=True)
+    parent_id = fields.UUID(allow_none=True)
+    started_at = fields.DateTime(dump_only=True)
+    completed_at = fields.DateTime(dump_only=True)
     created_at = fields.DateTime(dump_only=True)
     updated_at = fields.DateTime(dump_only=True)
 
@@ -150,9 +242,12 @@ class PlanUpdateSchema(InputSchema, PlanSchema):
 
 class PlanCreateSchema(PlanUpdateSchema):
     REQUIRED = ("title", "plan_type")
-    DEFAULTS = {"description": None, "status": "pending", "priority": 0, "instructions": None}
+    DEFAULTS = {"description": None, "status": "pending", "priority": 0, "instructions": None,
+                "parent_id": None}
 
 
 class PlanQuerySchema(ListQuerySchema):
-    status = Enum(PLAN_STATUSES)
+    status = EnumList(PLAN_STATUSES)
     plan_type = Slug()
+    parent_id = fields.UUID()
+    sort = Sort(("created_at", "updated_at", "priority", "status", "title"))

@@ -1,17 +1,27 @@
 """What the three resources share: the strict request parser and Blueprint,
-row lookups, and list handling (filters, order, pagination headers)."""
+row lookups, preconditions, and list handling (filters, order, pages)."""
 from urllib.parse import urlencode
 
 import orjson
-from flask import request, url_for
+from flask import current_app, request, url_for
 from flask_smorest import Blueprint as _Blueprint, abort
 from marshmallow import RAISE
 from webargs.core import is_json
 from webargs.flaskparser import FlaskParser
+from werkzeug.http import generate_etag
 
-from models import Instance
+from models import LOG_LEVELS, Instance, contains_folded
+from routes.idempotency import idempotent
 
-PAGING = ("limit", "offset")
+PAGING = ("limit", "offset", "sort", "after")
+
+# Filters that are not "column equals value" (a list means "column in list").
+FILTERS = {
+    "q": lambda model, text: contains_folded(model.name, text),
+    "min_level": lambda model, level: model.level.in_(LOG_LEVELS[LOG_LEVELS.index(level):]),
+    "since": lambda model, moment: model.created_at >= moment,
+    "until": lambda model, moment: model.created_at < moment,
+}
 
 
 class StrictParser(FlaskParser):
@@ -23,16 +33,40 @@ class StrictParser(FlaskParser):
         **FlaskParser.DEFAULT_UNKNOWN_BY_LOCATION, "query": RAISE, "querystring": RAISE,
     }
 
-    def _raw_load_json(self, req):
-        return read_json_object(req)
+    def load_json(self, req, schema):
+        return read_json_body(req, arrays=getattr(schema, "ACCEPTS_ARRAY", False))
+
+    def load_querystring(self, req, schema):
+        # webargs would keep the first of ?status=a&status=b and drop the
+        # rest, silently; comma lists are the way to send several values.
+        repeated = sorted({key for key, values in req.args.lists() if len(values) > 1})
+        if repeated:
+            abort(422, errors={"query": {
+                key: ["Given more than once; send one value (or a comma list)."]
+                for key in repeated}})
+        return super().load_querystring(req, schema)
 
 
 class Blueprint(_Blueprint):
+    """smorest's Blueprint with the strict parser, ETags on single resources,
+    and Idempotency-Key handling on every POST."""
+
     ARGUMENTS_PARSER = StrictParser()
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.after_request(tag_representation)
 
-def read_json_object(req):
-    """The request body as a dict, or the 400/413/415 the contract names.
+    def add_url_rule(self, rule, endpoint=None, view_func=None, **options):
+        # 2.2: every POST honours Idempotency-Key, without each view asking.
+        if getattr(view_func, "post", None) is not None:
+            view_func.post = idempotent(view_func.post)
+        return super().add_url_rule(rule, endpoint, view_func, **options)
+
+
+def read_json_body(req, arrays=False):
+    """The request body as a dict (or, where `arrays`, a list), or the
+    400/413/415 the contract names.
 
     1.5/1.6: a body needs a JSON Content-Type (415), must not be empty or
     malformed and must be an object (400). orjson is strict where the
@@ -55,9 +89,16 @@ def read_json_object(req):
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         abort(400, message=f"The request body is not valid JSON: {exc}.")
-    if not isinstance(data, dict):
-        abort(400, message="The request body must be a JSON object.")
-    return data
+    if isinstance(data, dict) or (arrays and isinstance(data, list)):
+        return data
+    # 2.4: the batch of logs is the only array body.
+    abort(400, message="The request body must be a JSON object"
+                       + (" or an array of them." if arrays else "."))
+
+
+def invalid(where, field, message):
+    """422 for a value that passed the schema but not a database check."""
+    abort(422, errors={where: {field: [message]}})
 
 
 def get_or_404(model, row_id, *where):
@@ -65,6 +106,15 @@ def get_or_404(model, row_id, *where):
     row = model.get_or_none(model.id == row_id, *where)
     if row is None:
         not_found(model, row_id)
+    return row
+
+
+def get_for_write(model, row_id, schema, *where):
+    """The row a PUT/PATCH/DELETE is about to change, once its preconditions
+    hold. Call it inside models.write(), so nobody changes the row between
+    this check and the write."""
+    row = get_or_404(model, row_id, *where)
+    check_if_match(row, schema)
     return row
 
 
@@ -94,23 +144,101 @@ def created(row, endpoint, **path):
     return row, {"Location": url_for(endpoint, _external=True, **path)}
 
 
+# -- ETags (CONTRACT 2.2) ----------------------------------------------------
+
+def etag_of(row, schema):
+    """The strong ETag of a row's JSON representation (`schema` is the output
+    schema class): the hash of the very bytes a GET returns, so it changes
+    exactly when the body does."""
+    return generate_etag(current_app.json.dumps(schema().dump(row)).encode())
+
+
+def tag_representation(response):
+    """ETag every single-resource response (a JSON object with 200/201);
+    answer a GET/HEAD whose If-None-Match names it with 304."""
+    if response.status_code in (200, 201) and response.mimetype == "application/json":
+        body = response.get_data()
+        if body.startswith(b"{"):
+            response.set_etag(generate_etag(body))
+            response.make_conditional(request)
+    return response
+
+
+def check_if_match(row, schema):
+    """412 unless If-Match (when sent) names the row's current ETag, so an
+    edit based on a stale read cannot overwrite someone else's change."""
+    if request.if_match and not request.if_match.contains(etag_of(row, schema)):
+        abort(412, message=f"The {noun(type(row))} changed since the ETag in If-Match was "
+                           "read; GET it again and reapply the change.")
+
+
+# -- lists -------------------------------------------------------------------
+
 def list_response(query, args):
-    """One page of `query` filtered by every non-paging argument (each names a
-    column of the same name), newest first, with X-Total-Count and Link."""
+    """One page of `query`, filtered by every non-paging argument (named
+    after its column, or in FILTERS), with X-Total-Count and Link.
+
+    The order is `sort` with newest first as the tie-break, or oldest first
+    after the `after` cursor.
+    """
     model = query.model
-    filters = {name: value for name, value in args.items() if name not in PAGING}
-    if filters:
-        query = query.where(*(getattr(model, name) == value for name, value in filters.items()))
+    conditions = [condition(model, name, value)
+                  for name, value in args.items() if name not in PAGING]
+    order = ordering(model, args.get("sort", ()))
+    if "after" in args:
+        conditions.append(after_cursor(query, args["after"]))
+        order = (model.created_at, model.id)
+    if conditions:
+        query = query.where(*conditions)
     total = query.count()
     limit, offset = args["limit"], args["offset"]
-    # 1.4: created_at descending with id as tie-break gives a total order, so
-    # pages never repeat or skip a row.
-    rows = query.order_by(model.created_at.desc(), model.id.desc()).limit(limit).offset(offset)
+    rows = list(query.order_by(*order).limit(limit).offset(offset))
     headers = {"X-Total-Count": str(total)}
-    link = page_links(total, limit, offset)
+    if "after" in args:
+        link = cursor_link(rows)
+    else:
+        link = page_links(total, limit, offset)
     if link:
         headers["Link"] = link
-    return list(rows), headers
+    return rows, headers
+
+
+def condition(model, name, value):
+    if name in FILTERS:
+        return FILTERS[name](model, value)
+    column = getattr(model, name)
+    return column.in_(value) if isinstance(value, list) else column == value
+
+
+def ordering(model, sort):
+    """ORDER BY for `sort` pairs, made total: created_at (newest first unless
+    sorted on) and then id break ties, so pages never repeat or skip a row."""
+    keys = [model.sort_key(name).desc() if descending else model.sort_key(name).asc()
+            for name, descending in sort]
+    newest_first = dict(sort).get("created_at", True)
+    if "created_at" not in dict(sort):
+        keys.append(model.created_at.desc())
+    keys.append(model.id.desc() if newest_first else model.id.asc())
+    return keys
+
+
+def after_cursor(query, after):
+    """Rows created after the row `after` of the same list, as an index range
+    from that row onwards (no offset to skip over, however deep)."""
+    model = query.model
+    mark = query.where(model.id == after).first()
+    if mark is None:
+        invalid("query", "after", f"No {noun(model)} with id {after} in this list.")
+    created_at = model.created_at
+    return (created_at >= mark.created_at) & (
+        (created_at > mark.created_at) | (model.id > mark.id))
+
+
+def cursor_link(rows):
+    """The next page after a cursor page starts after its last row."""
+    if rows:
+        return f'<{page_url(after=rows[-1].id, offset=None)}>; rel="next"'
+    return None
 
 
 def page_links(total, limit, offset):
@@ -125,10 +253,13 @@ def page_links(total, limit, offset):
         links.append((offset + limit, "next"))
     if offset > 0:
         links.append((max(0, min(offset, total) - limit), "prev"))
-    return ", ".join(f'<{page_url(page_offset)}>; rel="{rel}"' for page_offset, rel in links)
+    return ", ".join(f'<{page_url(offset=page_offset)}>; rel="{rel}"'
+                     for page_offset, rel in links)
 
 
-def page_url(offset):
-    params = [(k, v) for k, v in request.args.items(multi=True) if k != "offset"]
-    params.append(("offset", offset))
+def page_url(**changes):
+    """This request's URL with the parameters in `changes` replaced (None
+    drops one)."""
+    params = [(k, v) for k, v in request.args.items(multi=True) if k not in changes]
+    params.extend((k, v) for k, v in changes.items() if v is not None)
     return f"{request.base_url}?{urlencode(params)}"

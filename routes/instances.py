@@ -1,8 +1,8 @@
 """/api/instances: the machine records."""
 from flask.views import MethodView
 
-from models import Instance
-from routes.common import Blueprint, created, get_or_404, list_response, not_found
+from models import Instance, write
+from routes.common import Blueprint, created, get_for_write, get_or_404, list_response
 from schemas import InstanceCreateSchema, InstanceQuerySchema, InstanceSchema, InstanceUpdateSchema
 
 blp = Blueprint("instances", __name__, url_prefix="/api/instances",
@@ -14,7 +14,7 @@ class Instances(MethodView):
     @blp.arguments(InstanceQuerySchema, location="query")
     @blp.response(200, InstanceSchema(many=True))
     def get(self, args):
-        """List instances, newest first."""
+        """List instances, newest first unless sorted."""
         return list_response(Instance.select(), args)
 
     @blp.arguments(InstanceCreateSchema)
@@ -36,10 +36,13 @@ class InstanceById(MethodView):
     @blp.response(200, InstanceSchema)
     def put(self, data, instance_id):
         """Update some fields of an instance; the others keep their values."""
-        return get_or_404(Instance, instance_id).apply(data)
+        with write():
+            return get_for_write(Instance, instance_id, InstanceSchema).apply(data)
+
+    patch = put
 
     @blp.response(204)
     def delete(self, instance_id):
         """Delete an instance with its logs and plans."""
-        if not Instance.delete_by_id(instance_id):
-            not_found(Instance, instance_id)
+        with write():
+            get_for_write(Instance, instance_id, InstanceSchema).delete_instance()

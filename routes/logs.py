@@ -1,14 +1,14 @@
 """/api/instances/{id}/logs: what happened on an instance."""
 from flask.views import MethodView
 
-from models import InstanceLog
+from models import InstanceLog, write
 from routes.common import (
     Blueprint, children_of, created, get_or_404, list_response, require_instance,
 )
-from schemas import LogCreateSchema, LogQuerySchema, LogSchema
+from schemas import LogBatchSchema, LogOneOrManySchema, LogQuerySchema, LogSchema
 
 blp = Blueprint("logs", __name__, url_prefix="/api/instances/<uuid:instance_id>/logs",
-                description="Events of an instance.")
+                description="Events of an instance. Logs are immutable once written.")
 
 
 @blp.route("")
@@ -16,15 +16,18 @@ class InstanceLogs(MethodView):
     @blp.arguments(LogQuerySchema, location="query")
     @blp.response(200, LogSchema(many=True))
     def get(self, args, instance_id):
-        """List an instance's logs, newest first."""
+        """List an instance's logs, newest first, or oldest first after a cursor."""
         return list_response(children_of(InstanceLog, instance_id), args)
 
-    @blp.arguments(LogCreateSchema)
-    @blp.response(201, LogSchema)
+    @blp.arguments(LogBatchSchema)
+    @blp.response(201, LogOneOrManySchema)
     def post(self, data, instance_id):
-        """Append a log to an instance."""
-        require_instance(instance_id)
-        log = InstanceLog.create(instance=instance_id, **data)
+        """Append one log (an object) or a batch of 1 to 1000 (an array)."""
+        with write():
+            require_instance(instance_id)
+            if isinstance(data, list):
+                return InstanceLog.create_many(instance_id, data)
+            log = InstanceLog.create(instance=instance_id, **data)
         return created(log, "logs.InstanceLogById", instance_id=instance_id, log_id=log.id)
 
 

@@ -1,14 +1,15 @@
 """/api/instances/{id}/plans: objectives and tasks an agent works on."""
 from flask.views import MethodView
 
-from models import InstancePlan
+from models import InstancePlan, write
 from routes.common import (
-    Blueprint, children_of, created, get_or_404, list_response, require_instance,
+    Blueprint, children_of, created, get_for_write, get_or_404, invalid, list_response,
+    require_instance,
 )
-from schemas import PlanCreateSchema, PlanQuerySchema, PlanSchema
+from schemas import PlanCreateSchema, PlanQuerySchema, PlanSchema, PlanUpdateSchema
 
 blp = Blueprint("plans", __name__, url_prefix="/api/instances/<uuid:instance_id>/plans",
-                description="Objectives and tasks of an instance.")
+                description="Objectives and tasks of an instance, as a tree by parent_id.")
 
 
 @blp.route("")
@@ -16,15 +17,17 @@ class InstancePlans(MethodView):
     @blp.arguments(PlanQuerySchema, location="query")
     @blp.response(200, PlanSchema(many=True))
     def get(self, args, instance_id):
-        """List an instance's plans, newest first."""
+        """List an instance's plans, newest first unless sorted."""
         return list_response(children_of(InstancePlan, instance_id), args)
 
     @blp.arguments(PlanCreateSchema)
     @blp.response(201, PlanSchema)
     def post(self, data, instance_id):
         """Add a plan to an instance."""
-        require_instance(instance_id)
-        plan = InstancePlan.create(instance=instance_id, **data)
+        with write():
+            require_instance(instance_id)
+            check_parent(instance_id, data["parent_id"])
+            plan = InstancePlan.create(instance=instance_id, **data)
         return created(plan, "plans.InstancePlanById", instance_id=instance_id, plan_id=plan.id)
 
 
@@ -34,3 +37,38 @@ class InstancePlanById(MethodView):
     def get(self, instance_id, plan_id):
         """Fetch one plan of an instance."""
         return get_or_404(InstancePlan, plan_id, InstancePlan.instance == instance_id)
+
+    @blp.arguments(PlanUpdateSchema)
+    @blp.response(200, PlanSchema)
+    def put(self, data, instance_id, plan_id):
+        """Update some fields of a plan; the others keep their values."""
+        with write():
+            plan = get_for_write(InstancePlan, plan_id, PlanSchema,
+                                 InstancePlan.instance == instance_id)
+            if "parent_id" in data:
+                check_parent(instance_id, data["parent_id"], plan)
+            return plan.apply(data)
+
+    patch = put
+
+    @blp.response(204)
+    def delete(self, instance_id, plan_id):
+        """Delete a plan; its child plans stay, as top-level plans."""
+        with write():
+            plan = get_for_write(InstancePlan, plan_id, PlanSchema,
+                                 InstancePlan.instance == instance_id)
+            plan.detach_children()
+            plan.delete_instance()
+
+
+def check_parent(instance_id, parent_id, plan=None):
+    """2.4: a parent is another plan of the same instance, and never the plan
+    itself or one of its descendants (which would make a cycle)."""
+    if parent_id is None:
+        return
+    parent = InstancePlan.get_or_none(InstancePlan.id == parent_id,
+                                      InstancePlan.instance == instance_id)
+    if parent is None:
+        invalid("json", "parent_id", f"No plan with id {parent_id} on this instance.")
+    if plan is not None and plan.id in (parent.id, *parent.ancestor_ids()):
+        invalid("json", "parent_id", "A plan cannot be its own parent or ancestor.")
