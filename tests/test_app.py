@@ -513,3 +513,55 @@ def test_the_server_refuses_to_start_on_a_bad_setting(tmp_path):
     assert result.returncode == 2
     assert "Cannot start" in result.stderr and "INSTANCES_THREADS" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# -- schema versions -----------------------------------------------------------
+
+def schema_version(path):
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT version FROM schema_version").fetchall()
+
+
+def test_a_new_file_starts_at_the_current_schema_version(build, tmp_path):
+    build({"DATABASE": str(tmp_path / "t.db")})
+    assert schema_version(tmp_path / "t.db") == [(models.SCHEMA_VERSION,)]
+
+
+def test_a_file_from_the_first_release_is_migrated_keeping_its_rows(build, tmp_path):
+    path = tmp_path / "v1.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript((ROOT / "tests" / "data" / "schema_v1.sql").read_text())
+        conn.execute("INSERT INTO instance VALUES ('01a224b0000070008000000000000001', "
+                     "'2026-11-28 10:00:00.000000', '2026-11-28 10:00:00.000000', ?, ?, "
+                     "'old box', 'ubuntu', 'running', NULL, '{}', '{}')",
+                     (SITE.replace("-", ""), USER.replace("-", "")))
+        conn.execute("INSERT INTO instance_plan VALUES ('01a224b0000070008000000000000002', "
+                     "'2026-11-28 10:00:01.000000', '2026-11-28 10:00:01.000000', "
+                     "'01a224b0000070008000000000000001', 'Old goal', NULL, 'objective', "
+                     "'in_progress', 5, NULL)")
+    conn.close()
+    client = build({"DATABASE": str(path)}).test_client()
+    plans = "/api/instances/01a224b0-0000-7000-8000-000000000001/plans"
+    old = client.get(f"{plans}/01a224b0-0000-7000-8000-000000000002").get_json()
+    assert (old["title"], old["priority"], old["status"]) == ("Old goal", 5, "in_progress")
+    assert (old["parent_id"], old["started_at"], old["completed_at"]) == (None, None, None)
+    child = client.post(plans, json={"title": "New task", "plan_type": "task",
+                                     "parent_id": old["id"]})
+    assert child.status_code == 201
+    assert client.get(f"{plans}?parent_id={old['id']}").headers["X-Total-Count"] == "1"
+    assert schema_version(path) == [(models.SCHEMA_VERSION,)]
+
+
+def test_a_file_from_a_newer_server_is_refused(build, tmp_path):
+    path = tmp_path / "t.db"
+    build({"DATABASE": str(path)})
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE schema_version SET version = ?", (models.SCHEMA_VERSION + 1,))
+    conn.close()
+    with pytest.raises(models.SchemaTooNew, match="newer"):
+        build({"DATABASE": str(path)})
+    result = subprocess.run([sys.executable, str(ROOT / "app.py"), "--db", str(path)],
+                            capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 2
+    assert "Cannot start" in result.stderr and "schema version" in result.stderr
+    assert schema_version(path) == [(models.SCHEMA_VERSION + 1,)]
