@@ -1,8 +1,9 @@
 """The instance resource: /api/instances and /api/instances/{id} (CONTRACT Part 1)."""
+import json
 import re
 import uuid
 from datetime import datetime
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 
@@ -12,6 +13,8 @@ from conftest import SITE, USER, assert_problem, random_id
 URL = "/api/instances"
 OTHER_SITE = "0f8e7d6c-5b4a-4c3d-9e2f-1a0b9c8d7e6f"
 AGENT = "3c4d5e6f-7a8b-4c9d-8e0f-a1b2c3d4e5f6"
+OTHER_USER = "7e6d5c4b-3a29-4817-a6f5-e4d3c2b1a090"
+OTHER_AGENT = "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d"
 VALID = {"site_id": SITE, "user_id": USER, "name": "box"}
 SQL = "'; DROP TABLE instance; --"
 RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|\+00:00)$")
@@ -760,3 +763,295 @@ def test_success_responses_are_application_json(client, instance):
     for resp in responses:
         assert resp.status_code in (200, 201)
         assert resp.mimetype == "application/json", resp.headers["Content-Type"]
+
+
+# -- PATCH ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("content_type", [
+    "application/json", "application/merge-patch+json",
+    "application/merge-patch+json; charset=utf-8",
+])
+def test_patch_changes_only_the_sent_field(client, make_instance, content_type):
+    before = make_instance(agent_id=AGENT, configuration={"a": 1},
+                           environment_variables={"A": "1"})
+    resp = client.patch(f"{URL}/{before['id']}", data=json.dumps({"name": "renamed"}),
+                        content_type=content_type)
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    assert resp.mimetype == "application/json"
+    assert resp.get_json()["name"] == "renamed"
+    after = client.get(f"{URL}/{before['id']}").get_json()
+    assert after["name"] == "renamed"
+    for field in ("id", "created_at", *WRITABLE):
+        if field != "name":
+            assert after[field] == before[field], field
+    assert parse_timestamp(after["updated_at"]) > parse_timestamp(before["updated_at"])
+
+
+@pytest.mark.parametrize("payload", [{}, {"name": "box"}, {"status": "pending"}],
+                         ids=["empty", "same-name", "same-status"])
+def test_patch_that_changes_nothing_leaves_updated_at_alone(client, instance, payload):
+    resp = client.patch(f"{URL}/{instance['id']}", data=json.dumps(payload),
+                        content_type="application/merge-patch+json")
+    assert resp.status_code == 200
+    assert resp.get_json()["updated_at"] == instance["updated_at"]
+    assert resp.get_json() == instance
+    assert client.get(f"{URL}/{instance['id']}").get_json() == instance
+
+
+@pytest.mark.parametrize("payload, field", [
+    ({"name": "renamed", "colour": "red"}, "colour"),
+    ({"name": "renamed", "status": "bogus"}, "status"),
+    ({"name": None}, "name"),
+    ({"name": ""}, "name"),
+    ({"status": "running", "agent_id": "agent-7"}, "agent_id"),
+    ({"configuration": []}, "configuration"),
+    ({"environment_variables": {"1X": "a"}}, "environment_variables"),
+])
+def test_patch_with_an_invalid_field_is_422_naming_it_and_changes_nothing(client, instance,
+                                                                          payload, field):
+    assert_problem(client.patch(f"{URL}/{instance['id']}", json=payload), 422, field)
+    assert client.get(f"{URL}/{instance['id']}").get_json() == instance
+
+
+# -- List filters: owner, agent, type and lists of values ----------------------
+
+@pytest.fixture
+def crowd(make_instance):
+    """Instances that differ in user, agent, type and status."""
+    return [make_instance(user_id=user, agent_id=agent, instance_type=kind, status=status)
+            for user, agent, kind, status in (
+                (USER, AGENT, "ubuntu", "running"),
+                (USER, None, "windows", "paused"),
+                (OTHER_USER, AGENT, "browser", "running"),
+                (OTHER_USER, OTHER_AGENT, "ubuntu", "stopped"),
+                (USER, AGENT, "windows", "running"),
+                (USER, OTHER_AGENT, "browser", "error"),
+            )]
+
+
+@pytest.mark.parametrize("query, expected", [
+    (f"user_id={USER}", 4),
+    (f"user_id={OTHER_USER}", 2),
+    (f"user_id={random_id()}", 0),
+    (f"agent_id={AGENT}", 3),
+    (f"agent_id={OTHER_AGENT}", 2),
+    (f"agent_id={AGENT.upper()}", 3),
+    ("instance_type=ubuntu", 2),
+    ("instance_type=browser", 2),
+    ("instance_type=ubuntu,windows", 4),
+    ("status=running,paused", 4),
+    ("status=paused,running", 4),
+    ("status=running,paused,stopped,error", 6),
+    ("status=pending,starting", 0),
+    ("status=running,paused&instance_type=windows", 2),
+    (f"user_id={USER}&agent_id={AGENT}&status=running", 2),
+    (f"user_id={OTHER_USER}&instance_type=ubuntu,browser&status=stopped", 1),
+    (f"user_id={USER}&agent_id={OTHER_AGENT}&instance_type=ubuntu", 0),
+])
+def test_list_filters_combine_with_and_and_give_exact_totals(client, crowd, query, expected):
+    resp = client.get(f"{URL}?{query}&limit=1000")
+    assert resp.status_code == 200
+    assert total(resp) == expected
+    rows = resp.get_json()
+    assert len(rows) == expected
+    for row in rows:
+        for field, (value,) in parse_qs(query).items():
+            assert row[field] in value.lower().split(","), (field, row)
+    # The same rows, picked out of the whole list by hand.
+    wanted = parse_qs(query)
+    matching = [row["id"] for row in reversed(crowd)
+                if all(row[field] in value.lower().split(",")
+                       for field, (value,) in wanted.items())]
+    assert [row["id"] for row in rows] == matching
+
+
+@pytest.mark.parametrize("query, field", [
+    ("user_id=nope", "user_id"),
+    ("user_id=", "user_id"),
+    (f"user_id={USER[:-1]}", "user_id"),
+    ("agent_id=agent-7", "agent_id"),
+    ("agent_id=", "agent_id"),
+    ("instance_type=mac", "instance_type"),
+    ("instance_type=ubuntu,mac", "instance_type"),
+    ("instance_type=Ubuntu", "instance_type"),
+    ("instance_type=", "instance_type"),
+    ("status=running,bogus", "status"),
+    ("status=running,", "status"),
+    ("status=,", "status"),
+    ("status=", "status"),
+    ("q=", "q"),
+    ("q=" + "x" * 256, "q"),
+])
+def test_list_rejects_bad_filter_values(client, crowd, query, field):
+    assert_problem(client.get(f"{URL}?{query}"), 422, field, where="query")
+
+
+@pytest.mark.parametrize("query, field", [
+    ("status=running&status=paused", "status"),
+    ("status=running&status=running", "status"),
+    ("instance_type=ubuntu&instance_type=windows", "instance_type"),
+    (f"user_id={USER}&user_id={OTHER_USER}", "user_id"),
+    ("q=box&q=other", "q"),
+    ("sort=name&sort=status", "sort"),
+])
+def test_a_repeated_query_parameter_is_422(client, crowd, query, field):
+    assert_problem(client.get(f"{URL}?{query}"), 422, field, where="query")
+
+
+# -- Search: q -----------------------------------------------------------------
+
+SEARCHABLE = ("my box", "Écran principal", "second écran", "100% done", "100 percent",
+              "snake_case", "snakeXcase", "Plain")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("BOX", {"my box"}),
+    ("my box", {"my box"}),
+    ("écran", {"Écran principal", "second écran"}),
+    ("ÉCRAN", {"Écran principal", "second écran"}),
+    ("ran pr", {"Écran principal"}),
+    ("%", {"100% done"}),
+    ("0%", {"100% done"}),
+    ("_", {"snake_case"}),
+    ("e_c", {"snake_case"}),
+    ("100", {"100% done", "100 percent"}),
+    ("plain", {"Plain"}),
+    ("[a-z]", set()),
+    ("nothing", set()),
+    ("x" * 255, set()),
+])
+def test_q_finds_names_containing_the_text_ignoring_case(client, make_instance, text,
+                                                         expected):
+    for name in SEARCHABLE:
+        make_instance(name=name)
+    resp = client.get(f"{URL}?{urlencode({'q': text})}")
+    assert resp.status_code == 200
+    assert total(resp) == len(expected)
+    names = [row["name"] for row in resp.get_json()]
+    assert len(names) == len(expected)
+    assert set(names) == expected
+
+
+def test_q_combines_with_other_filters(client, make_instance):
+    make_instance(name="web box", status="running")
+    make_instance(name="web box", status="stopped")
+    make_instance(name="db", status="running")
+    resp = client.get(f"{URL}?q=BOX&status=running")
+    assert resp.status_code == 200
+    assert total(resp) == 1
+    [row] = resp.get_json()
+    assert (row["name"], row["status"]) == ("web box", "running")
+
+
+# -- Sort ----------------------------------------------------------------------
+
+STATUS_RANK = {status: rank for rank, status in enumerate(models.INSTANCE_STATUSES)}
+
+
+def expected_order(rows, key, descending=False):
+    """`rows` (oldest first) as the sorted list must give them: by `key`, ties
+    newest first."""
+    return [row["id"] for row in sorted(reversed(rows), key=key, reverse=descending)]
+
+
+def listed_ids(client, query):
+    resp = client.get(f"{URL}?{query}&limit=1000")
+    assert resp.status_code == 200
+    assert resp.mimetype == "application/json"
+    assert total(resp) == len(resp.get_json())
+    return [row["id"] for row in resp.get_json()]
+
+
+@pytest.mark.parametrize("sort, descending", [("name", False), ("-name", True)])
+def test_sort_by_name_orders_by_code_point(client, make_instance, sort, descending):
+    rows = [make_instance(name=name) for name in
+            ("b", "B", "a", "Z", "é", "Ä", "10", "9", "a b", "ab", "\U0001F680", "\uffee")]
+    ids = listed_ids(client, f"sort={sort}")
+    assert ids == expected_order(rows, lambda row: row["name"], descending)
+    names = [client.get(f"{URL}/{row_id}").get_json()["name"] for row_id in ids]
+    assert names == sorted(names, reverse=descending)
+    assert names[:4] == (["\U0001F680", "\uffee", "é", "Ä"] if descending
+                         else ["10", "9", "B", "Z"])
+
+
+@pytest.mark.parametrize("sort, descending", [("status", False), ("-status", True)])
+def test_sort_by_status_follows_the_lifecycle_not_the_alphabet(client, make_instance, sort,
+                                                               descending):
+    rows = [make_instance(status=status) for status in
+            ("error", "paused", "pending", "terminated", "running", "stopped", "starting",
+             "stopping")]
+    ids = listed_ids(client, f"sort={sort}")
+    assert ids == expected_order(rows, lambda row: STATUS_RANK[row["status"]], descending)
+    statuses = [row["status"] for row in client.get(f"{URL}?sort={sort}").get_json()]
+    lifecycle = list(models.INSTANCE_STATUSES)
+    assert statuses == (lifecycle[::-1] if descending else lifecycle)
+
+
+@pytest.mark.parametrize("sort, key, descending", [
+    ("status", lambda row: STATUS_RANK[row["status"]], False),
+    ("-status", lambda row: STATUS_RANK[row["status"]], True),
+    ("name", lambda row: row["name"], False),
+    ("-name", lambda row: row["name"], True),
+    ("status,name", lambda row: (STATUS_RANK[row["status"]], row["name"]), False),
+])
+def test_sorted_pages_never_repeat_or_skip_rows(client, make_instance, sort, key,
+                                                descending):
+    rows = [make_instance(name=name, status=status) for name, status in (
+        ("b", "running"), ("a", "paused"), ("b", "running"), ("a", "running"),
+        ("b", "paused"), ("c", "running"), ("a", "running"), ("b", "pending"),
+        ("a", "paused"))]
+    walked = [row["id"] for row in walk(client, f"{URL}?sort={sort}&limit=2")]
+    assert len(walked) == len(set(walked)) == len(rows)
+    assert walked == expected_order(rows, key, descending)
+
+
+def test_sort_on_several_fields_applies_them_in_turn(client, make_instance):
+    rows = [make_instance(name=name, status=status) for name, status in (
+        ("b", "running"), ("a", "stopped"), ("c", "running"), ("a", "running"),
+        ("b", "stopped"))]
+    ids = listed_ids(client, "sort=-status,name")
+    assert ids == [rows[i]["id"] for i in (1, 4, 3, 0, 2)]
+
+
+@pytest.mark.parametrize("sort, expected", [
+    ("created_at", [0, 1, 2, 3]),
+    ("-created_at", [3, 2, 1, 0]),
+    ("updated_at", [1, 3, 2, 0]),
+    ("-updated_at", [0, 2, 3, 1]),
+])
+def test_sort_by_timestamps(client, make_instance, sort, expected):
+    rows = [make_instance(name=f"box {i}") for i in range(4)]
+    for row in (rows[2], rows[0]):  # updated in this order, after all were created
+        assert client.patch(f"{URL}/{row['id']}", json={"name": "edited"}).status_code == 200
+    assert listed_ids(client, f"sort={sort}") == [rows[i]["id"] for i in expected]
+
+
+@pytest.mark.parametrize("sort", [
+    "bogus", "-bogus", "name,bogus", "site_id", "agent_id", "--name", "+name", "Name",
+    "", ",", "name,",
+])
+def test_an_unknown_sort_field_is_422_listing_the_allowed_fields(client, instance, sort):
+    body = assert_problem(client.get(f"{URL}?{urlencode({'sort': sort})}"), 422, "sort",
+                          where="query")
+    if sort.strip(","):
+        message = " ".join(body["errors"]["query"]["sort"])
+        for field in ("created_at", "updated_at", "name", "status"):
+            assert field in message, message
+
+
+def test_paging_links_keep_the_sort_and_filter_parameters(client, crowd):
+    query = f"sort=-status,name&status=running,paused&user_id={USER}&limit=1"
+    resp = client.get(f"{URL}?{query}")
+    assert resp.status_code == 200
+    assert total(resp) == 3
+    rels = links(resp)
+    assert set(rels) == {"next"}
+    assert parse_qs(urlsplit(rels["next"]).query) == {
+        "sort": ["-status,name"], "status": ["running,paused"], "user_id": [USER],
+        "limit": ["1"], "offset": ["1"]}
+    second = client.get(path_of(rels["next"]))
+    assert total(second) == 3
+    assert parse_qs(urlsplit(links(second)["prev"]).query)["sort"] == ["-status,name"]
+    walked = walk(client, f"{URL}?{query}")
+    assert [row["status"] for row in walked] == ["paused", "running", "running"]
+    assert all(row["user_id"] == USER for row in walked)

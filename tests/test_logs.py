@@ -1,12 +1,13 @@
 """Logs of an instance, /api/instances/{id}/logs: what only logs have (their
 fields, levels and filters). What logs share with plans is in test_nested.py."""
+import re
 import uuid
-from datetime import datetime, timedelta
-from urllib.parse import urlsplit
+from datetime import datetime, timedelta, timezone
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 
-from conftest import assert_problem, random_id
+from conftest import SITE, USER, assert_problem, random_id
 
 LEVELS = ("debug", "info", "warn", "error", "fatal")
 
@@ -258,3 +259,453 @@ def test_list_logs_combines_filters(client, make_log, logs_url):
 ])
 def test_list_logs_rejects_bad_query_parameters(client, logs_url, query, field):
     assert_problem(client.get(f"{logs_url}?{query}"), 422, field, where="query")
+
+
+# -- one log -----------------------------------------------------------------
+
+LINK = re.compile(r'<([^>]*)>\s*;\s*rel="([^"]+)"')
+
+
+def links(resp):
+    """rel -> URL from the Link header (RFC 8288)."""
+    return {rel: url for url, rel in LINK.findall(resp.headers.get("Link", ""))}
+
+
+def total(resp):
+    return int(resp.headers["X-Total-Count"])
+
+
+def allowed(resp):
+    return {method.strip() for method in resp.headers.get("Allow", "").split(",")}
+
+
+def test_get_one_log_returns_it(client, make_log, logs_url):
+    log = make_log(log_type="agent_action", level="warn", message="clicked",
+                   details={"x": 1})
+    make_log(message="another")
+
+    resp = client.get(f"{logs_url}/{log['id']}")
+
+    assert resp.status_code == 200
+    assert resp.mimetype == "application/json"
+    assert resp.headers.get("ETag")
+    assert resp.get_json() == log
+
+
+def test_head_of_one_log_is_200_without_a_body(client, make_log, logs_url):
+    log = make_log()
+    got = client.get(f"{logs_url}/{log['id']}")
+
+    resp = client.head(f"{logs_url}/{log['id']}")
+
+    assert resp.status_code == 200
+    assert resp.mimetype == "application/json"
+    assert resp.get_data() == b""
+    assert resp.headers.get("ETag") == got.headers.get("ETag")
+
+
+@pytest.mark.parametrize("method", ["PUT", "PATCH", "DELETE", "POST"])
+def test_a_log_cannot_be_changed_or_deleted(client, make_log, logs_url, method):
+    log = make_log(level="error", message="boom")
+
+    resp = client.open(f"{logs_url}/{log['id']}", method=method,
+                       json={"log_type": "system", "message": "rewritten", "level": "info"})
+
+    assert_problem(resp, 405)
+    methods = allowed(resp)
+    assert {"GET", "HEAD"} <= methods, resp.headers.get("Allow")
+    assert not {"PUT", "PATCH", "DELETE", "POST"} & methods
+    assert client.get(f"{logs_url}/{log['id']}").get_json() == log
+    assert total(client.get(logs_url)) == 1
+
+
+# -- levels: min_level and lists ---------------------------------------------
+
+@pytest.fixture
+def every_level(make_log):
+    """Two logs of each level, oldest first."""
+    return [make_log(level=level, message=f"{level} {n}") for n in range(2) for level in LEVELS]
+
+
+@pytest.mark.parametrize("query, expected", [
+    ("min_level=debug", set(LEVELS)),
+    ("min_level=info", {"info", "warn", "error", "fatal"}),
+    ("min_level=warn", {"warn", "error", "fatal"}),
+    ("min_level=error", {"error", "fatal"}),
+    ("min_level=fatal", {"fatal"}),
+    ("level=debug,fatal", {"debug", "fatal"}),
+    ("level=fatal,debug", {"debug", "fatal"}),
+    ("level=info,warn,error", {"info", "warn", "error"}),
+    ("level=debug,info&min_level=info", {"info"}),
+    ("level=debug&min_level=warn", set()),
+])
+def test_level_filters_select_by_severity(client, every_level, logs_url, query, expected):
+    resp = client.get(f"{logs_url}?{query}")
+
+    assert resp.status_code == 200
+    assert total(resp) == 2 * len(expected)
+    rows = resp.get_json()
+    assert len(rows) == 2 * len(expected)
+    assert {row["level"] for row in rows} == expected
+    wanted = [log["id"] for log in reversed(every_level) if log["level"] in expected]
+    assert ids(resp) == wanted
+
+
+@pytest.mark.parametrize("query, field", [
+    ("min_level=loud", "min_level"),
+    ("min_level=WARN", "min_level"),
+    ("min_level=", "min_level"),
+    ("min_level=warn,error", "min_level"),
+    ("level=debug,loud", "level"),
+    ("level=debug,", "level"),
+    ("level=,", "level"),
+    ("since=2026-01-01T00:00:00", "since"),
+    ("since=2026-01-01T00:00:00.123456", "since"),
+    ("since=2026-01-01", "since"),
+    ("since=yesterday", "since"),
+    ("since=", "since"),
+    ("since=1767225600", "since"),
+    ("since=2026-01-01T00:00:00+01:00", "since"),  # unencoded +: a space
+    ("since=0001-01-01T00:00:00%2B01:00", "since"),
+    ("until=9999-12-31T23:59:59-01:00", "until"),
+    ("until=2026-13-01T00:00:00Z", "until"),
+    ("until=2026-02-30T00:00:00Z", "until"),
+    ("until=garbage", "until"),
+    ("until=2026-01-01T00:00:00", "until"),
+    ("sort=bogus", "sort"),
+    ("sort=-message", "sort"),
+    ("sort=log_type", "sort"),
+    ("sort=updated_at", "sort"),
+    ("sort=", "sort"),
+    ("sort=level,", "sort"),
+    ("after=nope", "after"),
+    ("after=", "after"),
+    ("after=123", "after"),
+    (f"after={random_id()[:-1]}", "after"),
+    ("level=debug&level=fatal", "level"),
+    ("min_level=warn&min_level=warn", "min_level"),
+])
+def test_list_logs_rejects_bad_level_time_sort_and_cursor_parameters(
+        client, make_log, logs_url, query, field):
+    make_log()
+    assert_problem(client.get(f"{logs_url}?{query}"), 422, field, where="query")
+
+
+# -- since and until ---------------------------------------------------------
+
+@pytest.fixture
+def three_logs(make_log):
+    """Logs a, b and c, created in that order at distinct instants."""
+    logs = {name: make_log(message=name) for name in "abc"}
+    moments = [datetime.fromisoformat(logs[name]["created_at"]) for name in "abc"]
+    assert moments == sorted(set(moments)), moments
+    return logs
+
+
+@pytest.mark.parametrize("bounds, expected", [
+    ({"since": "a"}, "cba"),
+    ({"since": "b"}, "cb"),
+    ({"since": "c"}, "c"),
+    ({"until": "a"}, ""),
+    ({"until": "b"}, "a"),
+    ({"until": "c"}, "ba"),
+    ({"since": "a", "until": "c"}, "ba"),
+    ({"since": "b", "until": "c"}, "b"),
+    ({"since": "b", "until": "b"}, ""),
+    ({"since": "c", "until": "a"}, ""),
+], ids=case_id)
+def test_since_is_inclusive_and_until_exclusive(client, three_logs, logs_url, bounds,
+                                                expected):
+    query = urlencode({bound: three_logs[name]["created_at"] for bound, name in bounds.items()})
+
+    resp = client.get(f"{logs_url}?{query}")
+
+    assert resp.status_code == 200, resp.get_json()
+    assert total(resp) == len(expected)
+    assert ids(resp) == [three_logs[name]["id"] for name in expected]
+
+
+def in_zone(stamp, offset):
+    """The instant `stamp` written with another UTC offset (0 as Z)."""
+    moment = datetime.fromisoformat(stamp).astimezone(timezone(offset))
+    text = moment.isoformat()
+    return text.replace("+00:00", "Z") if offset == timedelta(0) else text
+
+
+@pytest.mark.parametrize("offset", [
+    timedelta(0), timedelta(hours=2), timedelta(hours=-5, minutes=-30), timedelta(hours=14),
+], ids=str)
+@pytest.mark.parametrize("bound", ["since", "until"])
+def test_a_timestamp_with_an_offset_selects_the_same_instant_as_utc(client, three_logs,
+                                                                    logs_url, bound, offset):
+    stamp = three_logs["b"]["created_at"]
+    utc = client.get(f"{logs_url}?{urlencode({bound: stamp})}")
+    shifted_stamp = in_zone(stamp, offset)
+    assert datetime.fromisoformat(shifted_stamp) == datetime.fromisoformat(stamp)
+
+    shifted = client.get(f"{logs_url}?{urlencode({bound: shifted_stamp})}")
+
+    assert shifted.status_code == utc.status_code == 200
+    assert total(shifted) == total(utc) == (2 if bound == "since" else 1)
+    assert ids(shifted) == ids(utc)
+
+
+def test_since_and_until_far_from_now_select_everything_or_nothing(client, three_logs,
+                                                                   logs_url):
+    everything = client.get(f"{logs_url}?since=0001-01-01T00:00:00Z"
+                            "&until=9999-12-31T23:59:59.999999Z")
+    nothing = client.get(f"{logs_url}?since=9999-12-31T00:00:00%2B01:00")
+
+    assert total(everything) == 3
+    assert ids(everything) == [three_logs[name]["id"] for name in "cba"]
+    assert nothing.status_code == 200
+    assert total(nothing) == 0
+    assert nothing.get_json() == []
+
+
+# -- sort --------------------------------------------------------------------
+
+SORTABLE_LEVELS = ("error", "debug", "fatal", "info", "warn", "debug", "error", "info")
+
+
+@pytest.mark.parametrize("sort, order", [
+    ("level", "severity, ties newest first"),
+    ("-level", "severity reversed, ties newest first"),
+    ("level,created_at", "severity, ties oldest first"),
+    ("created_at", "oldest first"),
+    ("-created_at", "newest first"),
+])
+def test_sort_orders_logs_by_severity_or_time(client, make_log, logs_url, sort, order):
+    logs = [make_log(level=level, message=f"{n}") for n, level in enumerate(SORTABLE_LEVELS)]
+    rank = LEVELS.index
+    expected = {
+        "level": sorted(reversed(logs), key=lambda log: rank(log["level"])),
+        "-level": sorted(reversed(logs), key=lambda log: rank(log["level"]), reverse=True),
+        "level,created_at": sorted(logs, key=lambda log: rank(log["level"])),
+        "created_at": logs,
+        "-created_at": logs[::-1],
+    }[sort]
+
+    resp = client.get(f"{logs_url}?sort={sort}")
+
+    assert resp.status_code == 200
+    assert total(resp) == len(logs)
+    assert ids(resp) == [log["id"] for log in expected], order
+
+
+def test_an_unknown_log_sort_field_names_the_allowed_ones(client, logs_url):
+    body = assert_problem(client.get(f"{logs_url}?sort=severity"), 422, "sort", where="query")
+
+    message = " ".join(body["errors"]["query"]["sort"])
+    assert "created_at" in message and "level" in message, message
+
+
+# -- batch create ------------------------------------------------------------
+
+def entries(n):
+    return [{"log_type": "batch", "message": f"entry {i}"} for i in range(n)]
+
+
+def test_a_batch_creates_every_log_in_the_order_sent(client, instance, logs_url):
+    sent = [
+        {"log_type": "system", "message": "one"},
+        {"log_type": "agent_action", "message": "two", "level": "warn", "details": {"x": 1}},
+        {"log_type": "system", "message": "three", "level": "fatal"},
+    ]
+
+    resp = client.post(logs_url, json=sent)
+
+    assert resp.status_code == 201, resp.get_json()
+    assert resp.mimetype == "application/json"
+    assert "Location" not in resp.headers
+    created = resp.get_json()
+    assert isinstance(created, list)
+    assert [log["message"] for log in created] == ["one", "two", "three"]
+    assert [log["level"] for log in created] == ["info", "warn", "fatal"]
+    assert [log["details"] for log in created] == [{}, {"x": 1}, {}]
+    assert [log["log_type"] for log in created] == ["system", "agent_action", "system"]
+    for log in created:
+        assert str(uuid.UUID(log["id"])) == log["id"]
+        assert log["instance_id"] == instance["id"]
+        assert_utc_timestamp(log["created_at"])
+        assert client.get(f"{logs_url}/{log['id']}").get_json() == log
+    assert len({log["id"] for log in created}) == 3
+
+    listed = client.get(logs_url)
+    assert total(listed) == 3
+    assert ids(listed) == [log["id"] for log in reversed(created)]
+
+
+def test_a_batch_of_exactly_1000_logs_is_accepted(client, logs_url):
+    resp = client.post(logs_url, json=entries(1000))
+
+    assert resp.status_code == 201, resp.get_json()
+    created = resp.get_json()
+    assert [log["message"] for log in created] == [f"entry {i}" for i in range(1000)]
+    listed = client.get(f"{logs_url}?limit=1000&sort=created_at")
+    assert total(listed) == 1000
+    assert ids(listed) == [log["id"] for log in created]
+
+
+@pytest.mark.parametrize("batch", [
+    pytest.param([], id="empty"),
+    pytest.param(entries(1001), id="1001-entries"),
+    pytest.param([*entries(1), {"message": "no type"}], id="second-entry-bad"),
+    pytest.param([*entries(998), {"log_type": "x", "message": ""}], id="last-of-999-bad"),
+    pytest.param([{"log_type": "Bad Type", "message": "m"}, *entries(2)], id="first-bad"),
+    pytest.param([*entries(1), {"log_type": "system", "message": "m", "colour": "red"}],
+                 id="unknown-field"),
+    pytest.param([1, 2], id="numbers"),
+    pytest.param([*entries(1), "text"], id="a-string-entry"),
+    pytest.param([*entries(1), None], id="a-null-entry"),
+    pytest.param([*entries(1), [{"log_type": "x", "message": "m"}]], id="a-nested-array"),
+])
+def test_a_rejected_batch_stores_nothing(client, make_log, logs_url, batch):
+    kept = make_log(message="before")
+
+    assert_problem(client.post(logs_url, json=batch), 422)
+
+    listed = client.get(logs_url)
+    assert total(listed) == 1
+    assert ids(listed) == [kept["id"]]
+
+
+def test_batch_errors_are_keyed_by_the_index_of_each_bad_entry(client, logs_url):
+    good = {"log_type": "system", "message": "fine"}
+    batch = [good, {"message": "no type"}, good,
+             {"log_type": "system", "message": "", "level": "loud"}]
+
+    body = assert_problem(client.post(logs_url, json=batch), 422)
+
+    errors = body["errors"]["json"]
+    assert set(errors) == {"1", "3"}, errors
+    assert "log_type" in errors["1"]
+    assert {"message", "level"} <= set(errors["3"])
+    assert total(client.get(logs_url)) == 0
+
+
+def test_a_batch_for_an_unknown_instance_is_404(client, instance):
+    assert_problem(client.post(f"/api/instances/{random_id()}/logs", json=entries(2)), 404)
+    assert total(client.get(f"/api/instances/{instance['id']}/logs")) == 0
+
+
+@pytest.mark.parametrize("method, path, body", [
+    ("POST", "/api/instances", []),
+    ("POST", "/api/instances", [{"site_id": SITE, "user_id": USER, "name": "box"}]),
+    ("POST", "/api/instances/{id}/plans", [{"title": "Open", "plan_type": "task"}]),
+    ("POST", "/api/instances/{id}/plans", []),
+    ("PUT", "/api/instances/{id}", [{"name": "renamed"}]),
+    ("PATCH", "/api/instances/{id}", [{"name": "renamed"}]),
+    ("PUT", "/api/instances/{id}", []),
+])
+def test_arrays_are_not_accepted_as_bodies_anywhere_else(client, instance, method, path,
+                                                         body):
+    resp = client.open(path.format(id=instance["id"]), method=method, json=body)
+
+    assert_problem(resp, 400)
+    assert client.get(f"/api/instances/{instance['id']}").get_json() == instance
+    assert total(client.get("/api/instances")) == 1
+    assert total(client.get(f"/api/instances/{instance['id']}/plans")) == 0
+
+
+# -- after cursor ------------------------------------------------------------
+
+@pytest.fixture
+def five_logs(make_log):
+    """Logs 0..4, oldest first, alternating info and error."""
+    return [make_log(message=f"log {n}", level=("info", "error")[n % 2]) for n in range(5)]
+
+
+def test_after_lists_the_later_logs_oldest_first_with_a_next_link(client, five_logs, logs_url):
+    resp = client.get(f"{logs_url}?after={five_logs[1]['id']}&limit=2")
+
+    assert resp.status_code == 200
+    assert resp.mimetype == "application/json"
+    assert ids(resp) == [five_logs[2]["id"], five_logs[3]["id"]]
+    assert total(resp) == 3
+    rels = links(resp)
+    assert set(rels) == {"next"}
+    assert urlsplit(rels["next"]).path == logs_url
+    assert parse_qs(urlsplit(rels["next"]).query) == {
+        "after": [five_logs[3]["id"]], "limit": ["2"]}
+
+    second = client.get(path_of(rels["next"]))
+    assert ids(second) == [five_logs[4]["id"]]
+    assert total(second) == 1
+    assert "prev" not in links(second)
+
+
+def test_an_empty_after_page_has_no_link(client, five_logs, logs_url):
+    resp = client.get(f"{logs_url}?after={five_logs[-1]['id']}")
+
+    assert resp.status_code == 200
+    assert resp.get_json() == []
+    assert total(resp) == 0
+    assert "Link" not in resp.headers
+
+
+def test_following_after_links_sees_every_later_log_once_even_as_logs_arrive(
+        client, make_log, five_logs, logs_url):
+    url, seen, pages = f"{logs_url}?after={five_logs[0]['id']}&limit=2", [], 0
+    while url:
+        resp = client.get(url)
+        assert resp.status_code == 200
+        seen += ids(resp)
+        pages += 1
+        if pages == 1:
+            late = make_log(message="late")
+        url = path_of(links(resp)["next"]) if "next" in links(resp) else None
+        assert pages < 10
+
+    assert seen == [log["id"] for log in five_logs[1:]] + [late["id"]]
+
+
+def test_after_combines_with_filters(client, five_logs, logs_url):
+    # The cursor log itself (an info log) need not match the filter.
+    resp = client.get(f"{logs_url}?after={five_logs[0]['id']}&level=error&limit=1")
+
+    assert resp.status_code == 200
+    assert total(resp) == 2
+    assert ids(resp) == [five_logs[1]["id"]]
+    query = parse_qs(urlsplit(links(resp)["next"]).query)
+    assert query == {"after": [five_logs[1]["id"]], "level": ["error"], "limit": ["1"]}
+
+    second = client.get(path_of(links(resp)["next"]))
+    assert total(second) == 1
+    assert ids(second) == [five_logs[3]["id"]]
+    assert [row["level"] for row in second.get_json()] == ["error"]
+
+
+def test_after_with_min_level_and_since_counts_only_the_matching_later_logs(client, five_logs,
+                                                                            logs_url):
+    query = urlencode({"after": five_logs[1]["id"], "min_level": "warn",
+                       "since": five_logs[2]["created_at"]})
+    resp = client.get(f"{logs_url}?{query}")
+
+    assert resp.status_code == 200
+    assert total(resp) == 1
+    assert ids(resp) == [five_logs[3]["id"]]
+
+
+@pytest.mark.parametrize("cursor", ["other-instance", "unknown", "upper-case-other"])
+def test_after_must_name_a_log_of_this_instance(client, make_instance, make_log, five_logs,
+                                                logs_url, cursor):
+    other = make_instance(name="other")
+    foreign = make_log(instance_id=other["id"])
+    after = {"other-instance": foreign["id"], "unknown": random_id(),
+             "upper-case-other": foreign["id"].upper()}[cursor]
+
+    assert_problem(client.get(f"{logs_url}?after={after}"), 422, "after", where="query")
+
+
+def test_after_names_a_log_case_insensitively(client, five_logs, logs_url):
+    resp = client.get(f"{logs_url}?after={five_logs[2]['id'].upper()}")
+
+    assert resp.status_code == 200
+    assert ids(resp) == [five_logs[3]["id"], five_logs[4]["id"]]
+
+
+@pytest.mark.parametrize("sort", ["created_at", "-created_at", "level", "bogus"])
+def test_after_together_with_sort_is_422_naming_sort(client, five_logs, logs_url, sort):
+    resp = client.get(f"{logs_url}?after={five_logs[0]['id']}&sort={sort}")
+    assert_problem(resp, 422, "sort", where="query")

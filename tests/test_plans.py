@@ -1,9 +1,10 @@
 """Plans of an instance, /api/instances/{id}/plans: what only plans have (their
 fields, statuses and filters), and what deleting an instance does to its plans
 and logs. What plans share with logs is in test_nested.py."""
+import re
 import uuid
 from datetime import datetime, timedelta
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -289,3 +290,639 @@ def test_delete_instance_removes_its_plans_and_logs(client, instance, make_insta
     other_plans = client.get(f"/api/instances/{other['id']}/plans")
     assert other_plans.headers["X-Total-Count"] == "2"
     assert client.get(f"/api/instances/{other['id']}/logs").headers["X-Total-Count"] == "2"
+
+
+# -- helpers for the item routes ---------------------------------------------
+
+WRITABLE = ("title", "description", "plan_type", "status", "priority", "instructions",
+            "parent_id")
+READ_ONLY = ("id", "instance_id", "created_at", "updated_at", "started_at", "completed_at")
+UPDATES = pytest.mark.parametrize("method", ["PUT", "PATCH"])
+ITEM_METHODS = pytest.mark.parametrize("method", ["GET", "PUT", "PATCH", "DELETE"])
+UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"
+LINK = re.compile(r'<([^>]*)>;\s*rel="([^"]+)"')
+
+
+def item_url(plan):
+    return f"/api/instances/{plan['instance_id']}/plans/{plan['id']}"
+
+
+def fetch(client, plan):
+    resp = client.get(item_url(plan))
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    return resp.get_json()
+
+
+def stamp(value):
+    return datetime.fromisoformat(value)
+
+
+def links(resp):
+    """The Link header as {rel: path-and-query}."""
+    return {rel: path_of(url) for url, rel in LINK.findall(resp.headers.get("Link", ""))}
+
+
+def titles(resp):
+    return [row["title"] for row in resp.get_json()]
+
+
+def assert_unchanged(client, before):
+    """The plan reads back with the same writable fields and server stamps."""
+    after = fetch(client, before)
+    for name in (*WRITABLE, *READ_ONLY):
+        assert after[name] == before[name], name
+
+
+@pytest.fixture
+def family(make_plan):
+    """A parent, its child and its grandchild, oldest first."""
+    parent = make_plan(title="parent")
+    child = make_plan(title="child", parent_id=parent["id"])
+    grandchild = make_plan(title="grandchild", parent_id=child["id"])
+    return parent, child, grandchild
+
+
+# -- update (PUT and PATCH) --------------------------------------------------
+
+@pytest.mark.parametrize("changes", [
+    {"title": "Renamed"},
+    {"status": "failed", "priority": -3},
+    {"description": "why", "instructions": "how"},
+    {"description": None, "instructions": None},
+    {"plan_type": "objective"},
+    {"title": "All", "description": "d", "plan_type": "goal", "status": "cancelled",
+     "priority": 7, "instructions": "i"},
+], ids=case_id)
+@UPDATES
+def test_update_changes_only_the_sent_fields_and_moves_updated_at(client, make_plan, method,
+                                                                  changes):
+    before = make_plan(description="old d", instructions="old i", priority=1)
+
+    resp = client.open(item_url(before), method=method, json=changes)
+
+    assert resp.status_code == 200
+    assert resp.mimetype == "application/json"
+    assert resp.headers["ETag"]
+    fetched = fetch(client, before)
+    for name in WRITABLE:
+        expected = changes.get(name, before[name])
+        assert resp.get_json()[name] == expected, name
+        assert fetched[name] == expected, name
+    assert fetched["id"] == before["id"]
+    assert fetched["created_at"] == before["created_at"]
+    assert stamp(fetched["updated_at"]) > stamp(before["updated_at"])
+    assert fetched["updated_at"] == resp.get_json()["updated_at"]
+
+
+@UPDATES
+def test_update_with_an_empty_body_changes_nothing(client, make_plan, method):
+    before = make_plan(status="in_progress", priority=2)
+
+    resp = client.open(item_url(before), method=method, json={})
+
+    assert resp.status_code == 200
+    assert resp.get_json()["updated_at"] == before["updated_at"]
+    assert_unchanged(client, before)
+
+
+@UPDATES
+def test_update_with_the_values_already_stored_keeps_updated_at(client, make_plan, method):
+    parent = make_plan(title="parent")
+    before = make_plan(parent_id=parent["id"], status="completed", priority=4,
+                       description="d", instructions="i")
+
+    resp = client.open(item_url(before), method=method,
+                       json={name: before[name] for name in WRITABLE})
+
+    assert resp.status_code == 200
+    assert resp.get_json()["updated_at"] == before["updated_at"]
+    assert_unchanged(client, before)
+
+
+@UPDATES
+def test_update_ignores_read_only_fields_in_the_body(client, make_instance, make_plan, method):
+    other = make_instance(name="other")
+    before = make_plan()
+    old = "2000-01-01T00:00:00Z"
+
+    resp = client.open(item_url(before), method=method, json={
+        "title": "Renamed", "id": random_id(), "instance_id": other["id"], "created_at": old,
+        "updated_at": old, "started_at": old, "completed_at": old})
+
+    assert resp.status_code == 200
+    fetched = fetch(client, before)
+    assert fetched["title"] == "Renamed"
+    assert fetched["id"] == before["id"]
+    assert fetched["instance_id"] == before["instance_id"]
+    assert fetched["created_at"] == before["created_at"]
+    assert not fetched["updated_at"].startswith("2000-")
+    assert (fetched["started_at"], fetched["completed_at"]) == (None, None)
+    assert client.get(f"/api/instances/{other['id']}/plans").headers["X-Total-Count"] == "0"
+
+
+@pytest.mark.parametrize("payload, field", [
+    ({"owner": "me"}, "owner"),
+    ({"title": ""}, "title"),
+    ({"title": "   "}, "title"),
+    ({"title": None}, "title"),
+    ({"title": "t" * 501}, "title"),
+    ({"plan_type": "Task"}, "plan_type"),
+    ({"plan_type": None}, "plan_type"),
+    ({"status": "done"}, "status"),
+    ({"status": None}, "status"),
+    ({"priority": True}, "priority"),
+    ({"priority": "3"}, "priority"),
+    ({"priority": None}, "priority"),
+    ({"priority": INT32_MAX + 1}, "priority"),
+    ({"instructions": 5}, "instructions"),
+    ({"parent_id": "nope"}, "parent_id"),
+    ({"parent_id": 5}, "parent_id"),
+    ({"parent_id": UNKNOWN_ID}, "parent_id"),
+], ids=case_id)
+@UPDATES
+def test_a_rejected_update_names_the_field_and_changes_nothing(client, make_plan, method,
+                                                               payload, field):
+    before = make_plan(description="d")
+
+    resp = client.open(item_url(before), method=method,
+                       json={"description": "changed", **payload})
+
+    assert_problem(resp, 422, field)
+    assert_unchanged(client, before)
+
+
+# -- item routes: unknown ids, other instances, upper case -------------------
+
+@ITEM_METHODS
+def test_a_plan_id_that_names_nothing_is_404(client, make_plan, plans_url, method):
+    make_plan()
+
+    resp = client.open(f"{plans_url}/{random_id()}", method=method,
+                       json={"title": "x"} if method in ("PUT", "PATCH") else None)
+
+    assert_problem(resp, 404)
+    assert client.get(plans_url).headers["X-Total-Count"] == "1"
+
+
+@ITEM_METHODS
+def test_a_plan_reached_through_another_instance_is_404_and_untouched(client, make_instance,
+                                                                      make_plan, method):
+    other = make_instance(name="other")
+    plan = make_plan()
+
+    resp = client.open(f"/api/instances/{other['id']}/plans/{plan['id']}", method=method,
+                       json={"title": "x"} if method in ("PUT", "PATCH") else None)
+
+    assert_problem(resp, 404)
+    assert_unchanged(client, plan)
+
+
+@pytest.mark.parametrize("method, status", [("PUT", 200), ("PATCH", 200), ("DELETE", 204)])
+def test_item_writes_accept_upper_case_path_ids(client, make_plan, method, status):
+    plan = make_plan()
+    url = f"/api/instances/{plan['instance_id'].upper()}/plans/{plan['id'].upper()}"
+
+    resp = client.open(url, method=method,
+                       json={"title": "Renamed"} if method != "DELETE" else None)
+
+    assert resp.status_code == status
+    if method == "DELETE":
+        assert_problem(client.get(item_url(plan)), 404)
+    else:
+        assert resp.get_json()["id"] == plan["id"]
+        assert fetch(client, plan)["title"] == "Renamed"
+
+
+# -- delete ------------------------------------------------------------------
+
+def test_delete_plan_answers_204_without_body_or_type_and_the_plan_is_gone(
+        client, make_plan, plans_url):
+    plan = make_plan()
+    kept = make_plan(title="kept")
+
+    resp = client.delete(item_url(plan))
+
+    assert resp.status_code == 204
+    assert resp.get_data() == b""
+    assert "Content-Type" not in resp.headers
+    assert_problem(client.get(item_url(plan)), 404)
+    assert_problem(client.delete(item_url(plan)), 404)
+    listed = client.get(plans_url)
+    assert listed.headers["X-Total-Count"] == "1"
+    assert [row["id"] for row in listed.get_json()] == [kept["id"]]
+
+
+def test_deleting_a_parent_detaches_its_children_and_keeps_grandchildren(client, family,
+                                                                         make_plan):
+    parent, child, grandchild = family
+    second_child = make_plan(title="second child", parent_id=parent["id"])
+    bystander = make_plan(title="bystander")
+
+    assert client.delete(item_url(parent)).status_code == 204
+
+    assert_problem(client.get(item_url(parent)), 404)
+    for before in (child, second_child):
+        after = fetch(client, before)
+        assert after["parent_id"] is None
+        assert stamp(after["updated_at"]) > stamp(before["updated_at"])
+        assert after["title"] == before["title"]
+    assert fetch(client, grandchild)["parent_id"] == child["id"]
+    assert fetch(client, grandchild)["updated_at"] == grandchild["updated_at"]
+    assert_unchanged(client, bystander)
+
+
+def test_deleting_an_instance_removes_its_whole_plan_tree(client, instance, make_instance,
+                                                          make_plan, family, count_rows):
+    other = make_instance(name="other")
+    theirs = make_plan(instance_id=other["id"], title="their parent")
+    their_child = make_plan(instance_id=other["id"], parent_id=theirs["id"])
+
+    assert client.delete(f"/api/instances/{instance['id']}").status_code == 204
+
+    assert count_rows(models.InstancePlan, instance["id"]) == 0
+    assert count_rows(models.InstancePlan) == 2
+    for plan in family:
+        assert_problem(client.get(item_url(plan)), 404)
+    assert fetch(client, their_child)["parent_id"] == theirs["id"]
+
+
+# -- parent_id ---------------------------------------------------------------
+
+def test_create_plan_stores_its_parent_and_defaults_to_top_level(client, make_plan, plans_url):
+    parent = make_plan(title="parent")
+
+    child = client.post(plans_url, json={**VALID_PLAN, "parent_id": parent["id"]})
+    explicit_null = client.post(plans_url, json={**VALID_PLAN, "parent_id": None})
+
+    assert child.status_code == 201
+    assert child.get_json()["parent_id"] == parent["id"]
+    assert fetch(client, child.get_json())["parent_id"] == parent["id"]
+    assert explicit_null.status_code == 201
+    assert explicit_null.get_json()["parent_id"] is None
+    assert parent["parent_id"] is None
+    assert fetch(client, parent)["parent_id"] is None
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH"])
+def test_an_upper_case_parent_id_is_answered_canonical_lower_case(client, make_plan, plans_url,
+                                                                  method):
+    parent = make_plan(title="parent")
+    body = {"parent_id": parent["id"].upper()}
+    if method == "POST":
+        resp = client.post(plans_url, json={**VALID_PLAN, **body})
+    else:
+        resp = client.open(item_url(make_plan()), method=method, json=body)
+
+    assert resp.status_code in (200, 201)
+    assert resp.get_json()["parent_id"] == parent["id"]
+    assert fetch(client, resp.get_json())["parent_id"] == parent["id"]
+
+
+@pytest.mark.parametrize("kind", ["unknown", "other instance", "malformed", "number"])
+def test_create_plan_rejects_a_parent_that_is_no_plan_of_this_instance(
+        client, make_instance, make_plan, plans_url, kind):
+    other = make_instance(name="other")
+    parent_id = {
+        "unknown": random_id(),
+        "other instance": make_plan(instance_id=other["id"])["id"],
+        "malformed": "nope",
+        "number": 5,
+    }[kind]
+
+    resp = client.post(plans_url, json={**VALID_PLAN, "parent_id": parent_id})
+
+    assert_problem(resp, 422, "parent_id")
+    assert client.get(plans_url).headers["X-Total-Count"] == "0"
+
+
+@UPDATES
+def test_update_rejects_a_parent_from_another_instance(client, make_instance, make_plan,
+                                                       method):
+    other = make_instance(name="other")
+    theirs = make_plan(instance_id=other["id"])
+    mine = make_plan()
+
+    resp = client.open(item_url(mine), method=method, json={"parent_id": theirs["id"]})
+
+    assert_problem(resp, 422, "parent_id")
+    assert_unchanged(client, mine)
+
+
+@pytest.mark.parametrize("target", [0, 1, 2], ids=["itself", "its child", "its grandchild"])
+@UPDATES
+def test_a_plan_cannot_move_under_itself_or_its_descendants(client, family, method, target):
+    parent = family[0]
+
+    resp = client.open(item_url(parent), method=method,
+                       json={"parent_id": family[target]["id"]})
+
+    assert_problem(resp, 422, "parent_id")
+    for plan in family:
+        assert_unchanged(client, plan)
+
+
+@UPDATES
+def test_a_plan_can_move_to_another_parent_and_be_detached_with_null(client, family, make_plan,
+                                                                     method):
+    _, child, grandchild = family
+    other = make_plan(title="other parent")
+
+    moved = client.open(item_url(grandchild), method=method, json={"parent_id": other["id"]})
+    assert moved.status_code == 200
+    assert fetch(client, grandchild)["parent_id"] == other["id"]
+
+    detached = client.open(item_url(child), method=method, json={"parent_id": None})
+    assert detached.status_code == 200
+    assert detached.get_json()["parent_id"] is None
+    after = fetch(client, child)
+    assert after["parent_id"] is None
+    assert stamp(after["updated_at"]) > stamp(child["updated_at"])
+
+
+# -- parent_id list filter ---------------------------------------------------
+
+def test_parent_id_filter_lists_exactly_the_children_of_a_plan(client, family, make_plan,
+                                                               plans_url):
+    parent, child, grandchild = family
+    second_child = make_plan(title="second child", parent_id=parent["id"])
+    make_plan(title="top level")
+
+    for plan, expected in ((parent, [second_child, child]), (child, [grandchild]),
+                           (grandchild, [])):
+        resp = client.get(f"{plans_url}?parent_id={plan['id']}")
+        assert resp.status_code == 200
+        assert resp.headers["X-Total-Count"] == str(len(expected))
+        assert [row["id"] for row in resp.get_json()] == [row["id"] for row in expected]
+
+    upper = client.get(f"{plans_url}?parent_id={parent['id'].upper()}")
+    assert upper.headers["X-Total-Count"] == "2"
+
+
+@pytest.mark.parametrize("value", ["nope", "5", "", "null"])
+def test_a_malformed_parent_id_filter_is_422(client, plans_url, value):
+    assert_problem(client.get(f"{plans_url}?parent_id={value}"), 422, "parent_id",
+                   where="query")
+
+
+# -- started_at and completed_at ---------------------------------------------
+
+@pytest.mark.parametrize("status, started, completed", [
+    ("pending", False, False),
+    ("in_progress", True, False),
+    ("completed", False, True),
+    ("failed", False, True),
+    ("cancelled", False, True),
+])
+def test_a_new_plan_has_the_lifecycle_stamps_of_its_status(client, make_plan, status, started,
+                                                           completed):
+    plan = make_plan(status=status)
+
+    assert plan["started_at"] == (plan["created_at"] if started else None)
+    assert plan["completed_at"] == (plan["created_at"] if completed else None)
+    fetched = fetch(client, plan)
+    assert (fetched["started_at"], fetched["completed_at"]) == (
+        plan["started_at"], plan["completed_at"])
+
+
+@UPDATES
+def test_started_at_is_the_first_move_to_in_progress_and_never_changes(client, make_plan,
+                                                                       method):
+    plan = make_plan()
+
+    def move(status):
+        resp = client.open(item_url(plan), method=method, json={"status": status})
+        assert resp.status_code == 200
+        return resp.get_json()
+
+    first = move("in_progress")
+    assert first["started_at"] == first["updated_at"]
+    assert stamp(first["started_at"]) > stamp(plan["created_at"])
+    for status in ("pending", "in_progress", "completed", "pending", "in_progress"):
+        moved = move(status)
+        assert moved["started_at"] == first["started_at"], status
+    assert fetch(client, plan)["started_at"] == first["started_at"]
+
+
+@pytest.mark.parametrize("first, then", [
+    ("completed", "failed"),
+    ("failed", "cancelled"),
+    ("cancelled", "completed"),
+    ("in_progress", "completed"),
+    ("pending", "cancelled"),
+])
+@UPDATES
+def test_completed_at_is_the_time_of_the_move_to_a_final_status(client, make_plan, method,
+                                                                first, then):
+    plan = make_plan(status=first)
+
+    resp = client.open(item_url(plan), method=method, json={"status": then})
+
+    assert resp.status_code == 200
+    moved = resp.get_json()
+    assert moved["completed_at"] == moved["updated_at"]
+    assert stamp(moved["completed_at"]) > stamp(plan["created_at"])
+    assert fetch(client, plan)["completed_at"] == moved["completed_at"]
+
+
+@pytest.mark.parametrize("final", ["completed", "failed", "cancelled"])
+@pytest.mark.parametrize("reopened", ["pending", "in_progress"])
+def test_reopening_a_finished_plan_clears_completed_at(client, make_plan, final, reopened):
+    plan = make_plan(status=final)
+    assert plan["completed_at"] is not None
+
+    resp = client.patch(item_url(plan), json={"status": reopened})
+
+    assert resp.status_code == 200
+    assert resp.get_json()["completed_at"] is None
+    fetched = fetch(client, plan)
+    assert fetched["completed_at"] is None
+    assert fetched["status"] == reopened
+
+
+@pytest.mark.parametrize("changes", [
+    {"title": "Renamed", "priority": 9},
+    {"status": "completed"},
+    {"parent_id": None},
+], ids=case_id)
+def test_an_update_that_does_not_change_status_keeps_the_stamps(client, make_plan, changes):
+    plan = make_plan(status="in_progress")
+    plan = client.patch(item_url(plan), json={"status": "completed"}).get_json()
+    assert plan["started_at"] and plan["completed_at"]
+
+    resp = client.patch(item_url(plan), json=changes)
+
+    assert resp.status_code == 200
+    fetched = fetch(client, plan)
+    assert fetched["started_at"] == plan["started_at"]
+    assert fetched["completed_at"] == plan["completed_at"]
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH"])
+def test_lifecycle_stamps_sent_in_a_body_are_ignored(client, make_plan, plans_url, method):
+    sent = {"started_at": "2000-01-01T00:00:00Z", "completed_at": "2000-01-02T00:00:00Z"}
+    if method == "POST":
+        resp = client.post(plans_url, json={**VALID_PLAN, **sent})
+    else:
+        resp = client.open(item_url(make_plan()), method=method, json={"title": "T", **sent})
+
+    assert resp.status_code in (200, 201)
+    fetched = fetch(client, resp.get_json())
+    assert (fetched["started_at"], fetched["completed_at"]) == (None, None)
+
+
+# -- sort --------------------------------------------------------------------
+
+def test_sort_by_descending_priority_breaks_ties_newest_first(client, make_plan, plans_url):
+    for n, priority in enumerate((1, 3, 1, 2, 3)):
+        make_plan(title=f"p{priority} #{n}", priority=priority)
+
+    resp = client.get(f"{plans_url}?sort=-priority")
+
+    assert resp.status_code == 200
+    assert resp.headers["X-Total-Count"] == "5"
+    assert titles(resp) == ["p3 #4", "p3 #1", "p2 #3", "p1 #2", "p1 #0"]
+
+
+@pytest.mark.parametrize("sort, expected", [
+    ("status", list(STATUSES)),
+    ("-status", list(STATUSES[::-1])),
+])
+def test_sort_by_status_follows_the_lifecycle_not_the_alphabet(client, make_plan, plans_url,
+                                                               sort, expected):
+    for status in ("failed", "pending", "cancelled", "completed", "in_progress"):
+        make_plan(status=status)
+
+    resp = client.get(f"{plans_url}?sort={sort}")
+
+    assert resp.status_code == 200
+    assert [row["status"] for row in resp.get_json()] == expected
+
+
+def test_sort_by_title_is_by_code_point(client, make_plan, plans_url):
+    names = ["b", "É", "a", "Z", "é", "10", "9", "B", "ä"]
+    for name in names:
+        make_plan(title=name)
+
+    assert titles(client.get(f"{plans_url}?sort=title")) == sorted(names)
+    assert titles(client.get(f"{plans_url}?sort=-title")) == sorted(names, reverse=True)
+
+
+def test_sort_by_several_keys_applies_them_in_order(client, make_plan, plans_url):
+    for title, status, priority in (("a", "failed", 1), ("b", "pending", 1),
+                                    ("c", "failed", 5), ("d", "pending", 2),
+                                    ("e", "pending", 2)):
+        make_plan(title=title, status=status, priority=priority)
+
+    resp = client.get(f"{plans_url}?sort=status,-priority")
+
+    assert resp.status_code == 200
+    assert titles(resp) == ["e", "d", "b", "c", "a"]
+
+
+def test_sort_by_timestamps_in_either_direction(client, make_plan, plans_url):
+    made = [make_plan(title=f"t{n}") for n in range(3)]
+    assert client.patch(item_url(made[0]), json={"priority": 1}).status_code == 200
+
+    assert titles(client.get(f"{plans_url}?sort=created_at")) == ["t0", "t1", "t2"]
+    assert titles(client.get(f"{plans_url}?sort=-created_at")) == ["t2", "t1", "t0"]
+    assert titles(client.get(f"{plans_url}?sort=-updated_at")) == ["t0", "t2", "t1"]
+    assert titles(client.get(f"{plans_url}?sort=updated_at")) == ["t1", "t2", "t0"]
+
+
+@pytest.mark.parametrize("value", ["bogus", "-name", "", "priority,bogus", "--priority",
+                                   "+priority", "Priority"])
+def test_an_unknown_sort_field_is_422(client, make_plan, plans_url, value):
+    make_plan()
+    assert_problem(client.get(f"{plans_url}?sort={value}"), 422, "sort", where="query")
+
+
+def test_paging_links_keep_the_sort(client, make_plan, plans_url):
+    for priority in (2, 5, 1, 4):
+        make_plan(title=f"p{priority}", priority=priority)
+
+    resp = client.get(f"{plans_url}?sort=-priority&limit=1&offset=1")
+
+    assert titles(resp) == ["p4"]
+    pages = links(resp)
+    assert set(pages) == {"next", "prev"}
+    for rel, offset, expected in (("next", "2", ["p2"]), ("prev", "0", ["p5"])):
+        query = parse_qs(urlsplit(pages[rel]).query)
+        assert query == {"sort": ["-priority"], "limit": ["1"], "offset": [offset]}
+        assert titles(client.get(pages[rel])) == expected
+
+
+# -- status lists and repeated parameters ------------------------------------
+
+def test_status_filter_takes_a_comma_list(client, make_plan, plans_url):
+    for status, count in (("pending", 2), ("failed", 1), ("completed", 3)):
+        for _ in range(count):
+            make_plan(status=status)
+
+    resp = client.get(f"{plans_url}?status=pending,failed")
+
+    assert resp.status_code == 200
+    assert resp.headers["X-Total-Count"] == "3"
+    assert sorted(row["status"] for row in resp.get_json()) == ["failed", "pending", "pending"]
+
+
+@pytest.mark.parametrize("query, field", [
+    ("status=pending,done", "status"),
+    ("status=pending,", "status"),
+    ("status=pending,PENDING", "status"),
+    ("status=pending&status=failed", "status"),
+    ("sort=title&sort=-title", "sort"),
+    (f"parent_id={uuid.UUID(int=1)}&parent_id={uuid.UUID(int=2)}", "parent_id"),
+])
+def test_bad_status_lists_and_repeated_parameters_are_422(client, plans_url, query, field):
+    assert_problem(client.get(f"{plans_url}?{query}"), 422, field, where="query")
+
+
+# -- ETag and preconditions --------------------------------------------------
+
+def test_get_plan_has_an_etag_that_if_none_match_answers_with_304(client, make_plan):
+    plan = make_plan()
+
+    resp = client.get(item_url(plan))
+    etag = resp.headers["ETag"]
+
+    assert resp.status_code == 200
+    assert etag
+    cached = client.get(item_url(plan), headers={"If-None-Match": etag})
+    assert cached.status_code == 304
+    assert cached.get_data() == b""
+    assert client.get(item_url(plan), headers={"If-None-Match": '"other"'}).status_code == 200
+
+
+@UPDATES
+def test_update_with_a_current_etag_succeeds_and_with_a_stale_one_is_412(client, make_plan,
+                                                                         method):
+    plan = make_plan()
+    etag = client.get(item_url(plan)).headers["ETag"]
+
+    first = client.open(item_url(plan), method=method, json={"title": "First"},
+                        headers={"If-Match": etag})
+    assert first.status_code == 200
+    new_etag = first.headers["ETag"]
+    assert new_etag and new_etag != etag
+    assert client.get(item_url(plan)).headers["ETag"] == new_etag
+    changed = fetch(client, plan)
+
+    stale = client.open(item_url(plan), method=method, json={"title": "Second"},
+                        headers={"If-Match": etag})
+
+    assert_problem(stale, 412)
+    assert_unchanged(client, changed)
+    assert fetch(client, plan)["title"] == "First"
+
+
+def test_delete_with_a_stale_etag_is_412_and_keeps_the_plan(client, make_plan):
+    plan = make_plan()
+    stale = client.get(item_url(plan)).headers["ETag"]
+    assert client.patch(item_url(plan), json={"priority": 3}).status_code == 200
+    current = client.get(item_url(plan)).headers["ETag"]
+
+    assert_problem(client.delete(item_url(plan), headers={"If-Match": stale}), 412)
+    assert fetch(client, plan)["priority"] == 3
+
+    assert client.delete(item_url(plan), headers={"If-Match": current}).status_code == 204
+    assert_problem(client.get(item_url(plan)), 404)
