@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint clean
+.PHONY: run test lint openapi clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/flake8
+
+# The committed description of the API; a test fails when it is stale.
+openapi: $(STAMP)
+	$(BIN)/instance-api openapi openapi.json
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

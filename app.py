@@ -1,5 +1,6 @@
 """Application factory, the one error handler, and the waitress entry point."""
 import argparse
+import json
 import logging
 import os
 import re
@@ -19,6 +20,8 @@ from werkzeug.exceptions import InternalServerError
 
 import models
 from routes import BLUEPRINTS
+from routes.docs import HttpDocs, assets
+from schemas import LogCreateSchema, ProblemSchema
 
 log = logging.getLogger("instance_api")
 access_log = logging.getLogger("instance_api.access")
@@ -33,6 +36,18 @@ DEFAULTS = {
     "API_TITLE": "Instance Management API",
     "API_VERSION": "1.0.0",
     "OPENAPI_VERSION": "3.1.0",
+    "OPENAPI_URL_PREFIX": "/api",
+    "OPENAPI_JSON_PATH": "openapi.json",
+    "OPENAPI_SWAGGER_UI_PATH": "docs",
+    "OPENAPI_SWAGGER_UI_URL": "/api/docs/assets/",
+    "API_SPEC_OPTIONS": {
+        "info": {
+            "description": "Records of the remote machines (Ubuntu desktops, browsers, "
+                           "Windows desktops) that AI agents drive, with each machine's "
+                           "logs and plans. Every error is RFC 9457 problem JSON.",
+            "license": {"name": "MIT", "identifier": "MIT"},
+        },
+    },
 }
 PROBLEM_TYPE = "about:blank"
 # 2.4: an X-Request-ID is echoed only when it is a sane token; anything else
@@ -64,6 +79,14 @@ class OrjsonProvider(JSONProvider):
 
 class Api(flask_smorest.Api):
     """smorest's Api with every HTTP error rendered as RFC 9457 problem JSON."""
+
+    # The document lists each error status a route can give (routes/docs.py)
+    # instead of smorest's catch-all "default", all with the problem schema.
+    DEFAULT_ERROR_RESPONSE_NAME = None
+    ERROR_SCHEMA = ProblemSchema
+
+    def _register_pagination_header(self):
+        """Lists page with limit/offset, not smorest's pagination header."""
 
     def handle_http_exception(self, error):
         return problem(error)
@@ -163,9 +186,11 @@ def create_app(config=None):
         if not models.db.is_closed():
             models.db.close()
 
-    api = Api(app)
+    api = Api(app, spec_kwargs={"extra_plugins": [
+        HttpDocs({"Problem": ProblemSchema, "LogCreate": LogCreateSchema})]})
     for blueprint in BLUEPRINTS:
         api.register_blueprint(blueprint)
+    app.register_blueprint(assets)
     app.register_error_handler(Exception, handle_unexpected)
     return app
 
@@ -193,7 +218,8 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="instance-api",
         description="Serve the Instance Management API with waitress. Flags override "
-                    "the INSTANCES_* environment variables.")
+                    "the INSTANCES_* environment variables.",
+        epilog="`instance-api openapi [FILE]` writes the OpenAPI document instead.")
     parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on, 0 for any free one "
                                                  "(default 8080)")
@@ -204,6 +230,33 @@ def parse_args(argv):
 
 
 def main(argv=None):
+    """`instance-api [flags]` serves; `instance-api openapi [FILE]` writes the
+    API's OpenAPI document."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["openapi"]:
+        return write_openapi(argv[1:])
+    return serve(argv)
+
+
+def write_openapi(argv):
+    parser = argparse.ArgumentParser(
+        prog="instance-api openapi",
+        description="Write the OpenAPI document that GET /api/openapi.json serves.")
+    parser.add_argument("file", nargs="?", help="where to write it (default: standard output)")
+    args = parser.parse_args(argv)
+    # The document does not depend on the data, so no database file is made.
+    app = create_app({"DATABASE": ":memory:"})
+    text = json.dumps(app.test_client().get("/api/openapi.json").get_json(), indent=2) + "\n"
+    models.db.close_all()
+    if args.file:
+        with open(args.file, "w", encoding="utf-8") as out:
+            out.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def serve(argv):
     """Serve the app with waitress until Ctrl-C or SIGTERM."""
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -5,6 +5,9 @@ and is the output; `<Noun>UpdateSchema` loads its writable fields, all optional
 and without defaults (so an update cannot reset a field nobody sent);
 `<Noun>CreateSchema` adds what create requires and the defaults, side by side
 as in the contract's tables; `<Noun>QuerySchema` is the list query.
+
+A schema's own `EXAMPLE` is published with it in the OpenAPI document; the
+tests check that each one passes its schema.
 """
 from datetime import timezone
 
@@ -77,7 +80,8 @@ class Sort(DelimitedList):
 
     def __init__(self, names):
         self.names = names
-        super().__init__(fields.String(), validate=validate.Length(min=1))
+        keys = [key for name in names for key in (name, f"-{name}")]
+        super().__init__(fields.String(metadata={"enum": keys}), validate=validate.Length(min=1))
 
     def _deserialize(self, value, attr, data, **kwargs):
         keys = []
@@ -111,6 +115,26 @@ class InputSchema(Schema):
         if isinstance(data, dict) and not SERVER_SET.isdisjoint(data):
             data = {k: v for k, v in data.items() if k not in SERVER_SET}
         return data
+
+
+class ProblemSchema(Schema):
+    """RFC 9457 problem details: the body of every error (CONTRACT 1.5)."""
+    type = fields.String(metadata={"description": "Always about:blank: the status says it all."})
+    title = fields.String(metadata={"description": "The HTTP reason phrase."})
+    status = fields.Integer(metadata={"description": "The HTTP status code."})
+    detail = fields.String(metadata={"description": "What went wrong, for a person."})
+    errors = fields.Dict(
+        keys=fields.String(),
+        metadata={"description": "Validation errors: by where they came from (json, query, "
+                                 "headers), then by field, or by entry index in a batch."})
+    request_id = fields.String(
+        metadata={"description": "On a 500: the id under which the fault was logged."})
+
+    EXAMPLE = {
+        "type": "about:blank", "title": "Unprocessable Entity", "status": 422,
+        "detail": "The request did not pass validation: json.name.",
+        "errors": {"json": {"name": ["Must contain a non-whitespace character."]}},
+    }
 
 
 class ListQuerySchema(Schema):
@@ -155,9 +179,21 @@ class InstanceSchema(Schema):
     created_at = fields.DateTime(dump_only=True)
     updated_at = fields.DateTime(dump_only=True)
 
+    EXAMPLE = {
+        "id": "01a2247d-a6d6-77b1-90e7-12fd84736332",
+        "site_id": "5b0c6b52-3c6b-4a55-8f6e-0d7c3a1e9a01",
+        "user_id": "9d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6",
+        "name": "ubuntu-dev-1", "instance_type": "ubuntu", "status": "running",
+        "agent_id": "0f8fad5b-d9cb-469f-a165-70867728950e",
+        "configuration": {"cpu": 2, "memory_gb": 4},
+        "environment_variables": {"DISPLAY": ":0"},
+        "created_at": "2026-11-28T23:29:04.214389+00:00",
+        "updated_at": "2026-11-28T23:29:13.684695+00:00",
+    }
+
 
 class InstanceUpdateSchema(InputSchema, InstanceSchema):
-    pass
+    EXAMPLE = {"status": "running", "agent_id": "0f8fad5b-d9cb-469f-a165-70867728950e"}
 
 
 class InstanceCreateSchema(InstanceUpdateSchema):
@@ -165,6 +201,13 @@ class InstanceCreateSchema(InstanceUpdateSchema):
     DEFAULTS = {
         "instance_type": "browser", "status": "pending", "agent_id": None,
         "configuration": dict, "environment_variables": dict,
+    }
+    EXAMPLE = {
+        "site_id": "5b0c6b52-3c6b-4a55-8f6e-0d7c3a1e9a01",
+        "user_id": "9d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6",
+        "name": "ubuntu-dev-1", "instance_type": "ubuntu",
+        "configuration": {"cpu": 2, "memory_gb": 4},
+        "environment_variables": {"DISPLAY": ":0"},
     }
 
 
@@ -189,10 +232,20 @@ class LogSchema(Schema):
     details = fields.Dict(keys=fields.String())
     created_at = fields.DateTime(dump_only=True)
 
+    EXAMPLE = {
+        "id": "01a2247d-cbe7-719f-9f26-59e31504471a",
+        "instance_id": "01a2247d-a6d6-77b1-90e7-12fd84736332",
+        "log_type": "agent_action", "level": "info", "message": "Opened the terminal",
+        "details": {"app": "gnome-terminal"},
+        "created_at": "2026-11-28T23:29:13.703537+00:00",
+    }
+
 
 class LogCreateSchema(InputSchema, LogSchema):
     REQUIRED = ("log_type", "message")
     DEFAULTS = {"level": "info", "details": dict}
+    EXAMPLE = {"log_type": "agent_action", "message": "Opened the terminal",
+               "details": {"app": "gnome-terminal"}}
 
 
 class LogBatchSchema(OneOrMany, LogCreateSchema):
@@ -230,20 +283,34 @@ class PlanSchema(Schema):
     priority = fields.Integer(strict=True, validate=INT32)
     instructions = fields.String(allow_none=True)
     parent_id = fields.UUID(allow_none=True)
-    started_at = fields.DateTime(dump_only=True)
-    completed_at = fields.DateTime(dump_only=True)
+    started_at = fields.DateTime(dump_only=True, allow_none=True)
+    completed_at = fields.DateTime(dump_only=True, allow_none=True)
     created_at = fields.DateTime(dump_only=True)
     updated_at = fields.DateTime(dump_only=True)
 
+    EXAMPLE = {
+        "id": "01a224b2-cac5-7354-9022-327cd49f890e",
+        "instance_id": "01a2247d-a6d6-77b1-90e7-12fd84736332",
+        "title": "Run apt-get update", "description": None, "plan_type": "task",
+        "status": "completed", "priority": 0, "instructions": "As root.",
+        "parent_id": "01a2247d-cc0e-7b6e-a1d8-99ba12e15778",
+        "started_at": "2026-11-29T00:27:06.821071+00:00",
+        "completed_at": "2026-11-29T00:27:36.881266+00:00",
+        "created_at": "2026-11-29T00:27:06.821071+00:00",
+        "updated_at": "2026-11-29T00:27:36.881266+00:00",
+    }
+
 
 class PlanUpdateSchema(InputSchema, PlanSchema):
-    pass
+    EXAMPLE = {"status": "completed"}
 
 
 class PlanCreateSchema(PlanUpdateSchema):
     REQUIRED = ("title", "plan_type")
     DEFAULTS = {"description": None, "status": "pending", "priority": 0, "instructions": None,
                 "parent_id": None}
+    EXAMPLE = {"title": "Run apt-get update", "plan_type": "task", "instructions": "As root.",
+               "parent_id": "01a2247d-cc0e-7b6e-a1d8-99ba12e15778"}
 
 
 class PlanQuerySchema(ListQuerySchema):

@@ -192,7 +192,9 @@ def list_response(query, args):
         query = query.where(*conditions)
     total = query.count()
     limit, offset = args["limit"], args["offset"]
-    rows = list(query.order_by(*order).limit(limit).offset(offset))
+    # 1.6: an offset past the end is an empty page, however large; SQLite
+    # would refuse an offset beyond 64 bits, so it is never asked.
+    rows = list(query.order_by(*order).limit(limit).offset(offset)) if offset < total else []
     headers = {"X-Total-Count": str(total)}
     if "after" in args:
         link = cursor_link(rows)

@@ -10,12 +10,15 @@ blp = Blueprint("health", __name__, description="Service health.")
 
 
 class HealthSchema(Schema):
-    status = fields.String()
+    status = fields.String(metadata={"enum": ["ok"]})
+
+    EXAMPLE = {"status": "ok"}
 
 
 @blp.route("/healthz")
 class Health(MethodView):
     @blp.response(200, HealthSchema)
+    @blp.doc(responses={503: "ServiceUnavailable"})
     def get(self):
         """Report whether the service can read its database."""
         try:

@@ -5,7 +5,8 @@ from models import InstanceLog, write
 from routes.common import (
     Blueprint, children_of, created, get_or_404, list_response, require_instance,
 )
-from schemas import LogBatchSchema, LogOneOrManySchema, LogQuerySchema, LogSchema
+from routes.docs import one_or_many
+from schemas import BATCH_MAX, LogBatchSchema, LogOneOrManySchema, LogQuerySchema, LogSchema
 
 blp = Blueprint("logs", __name__, url_prefix="/api/instances/<uuid:instance_id>/logs",
                 description="Events of an instance. Logs are immutable once written.")
@@ -21,6 +22,10 @@ class InstanceLogs(MethodView):
 
     @blp.arguments(LogBatchSchema)
     @blp.response(201, LogOneOrManySchema)
+    @blp.doc(requestBody={"content": {"application/json": {
+                 "schema": one_or_many("LogCreate", BATCH_MAX)}}},
+             responses={201: {"content": {"application/json": {
+                 "schema": one_or_many("Log", BATCH_MAX)}}}})
     def post(self, data, instance_id):
         """Append one log (an object) or a batch of 1 to 1000 (an array)."""
         with write():

@@ -1,0 +1,157 @@
+"""The API's description of itself: GET /api/openapi.json, the committed
+openapi.json, and the Swagger UI page at /api/docs."""
+import json
+import re
+
+import pytest
+from openapi_schema_validator import OAS31Validator
+from openapi_spec_validator import validate
+
+from conftest import ROOT, assert_problem
+
+# Routes that serve the description itself rather than the API.
+SELF_DESCRIBING = re.compile(r"^/api/(openapi\.json|docs)")
+
+
+@pytest.fixture
+def document(client):
+    resp = client.get("/api/openapi.json")
+    assert resp.status_code == 200
+    assert resp.mimetype == "application/json"
+    return resp.get_json()
+
+
+def test_the_document_is_valid_openapi_3_1(document):
+    assert document["openapi"] == "3.1.0"
+    validate(document)
+
+
+def test_the_committed_openapi_json_is_what_the_code_generates(document):
+    committed = json.loads((ROOT / "openapi.json").read_text())
+    assert committed == document, "openapi.json is stale: run `make openapi` and commit it"
+
+
+def test_every_route_and_method_is_documented(app, document):
+    for rule in app.url_map.iter_rules():
+        if SELF_DESCRIBING.match(rule.rule):
+            continue
+        path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
+        assert path in document["paths"], path
+        documented = {method.upper() for method in document["paths"][path]
+                      if method != "parameters"}
+        assert documented == rule.methods - {"HEAD", "OPTIONS"}, path
+
+
+def test_every_operation_has_a_unique_operation_id_for_generated_clients(document):
+    ids = [operation["operationId"] for operations in document["paths"].values()
+           for method, operation in operations.items() if method != "parameters"]
+    assert len(ids) == len(set(ids)) == 16
+    assert {"getInstances", "postInstances", "patchInstanceById", "postInstanceLogs",
+            "deleteInstancePlanById", "getHealth"} <= set(ids)
+
+
+INSTANCE = "/api/instances/{instance_id}"
+PLAN = "/api/instances/{instance_id}/plans/{plan_id}"
+LOGS = "/api/instances/{instance_id}/logs"
+
+
+@pytest.mark.parametrize("path, method, statuses", [
+    ("/api/instances", "get", {200, 422, 500}),
+    ("/api/instances", "post", {201, 400, 413, 415, 422, 500}),
+    (INSTANCE, "get", {200, 304, 404, 500}),
+    (INSTANCE, "patch", {200, 400, 404, 412, 413, 415, 422, 500}),
+    (INSTANCE, "delete", {204, 404, 412, 500}),
+    (LOGS, "get", {200, 404, 422, 500}),
+    (LOGS, "post", {201, 400, 404, 413, 415, 422, 500}),
+    (LOGS + "/{log_id}", "get", {200, 304, 404, 500}),
+    (PLAN, "put", {200, 400, 404, 412, 413, 415, 422, 500}),
+    ("/healthz", "get", {200, 304, 500, 503}),
+])
+def test_each_operation_lists_every_status_it_can_answer(document, path, method, statuses):
+    assert set(map(int, document["paths"][path][method]["responses"])) == statuses
+
+
+def resolve(document, node):
+    while "$ref" in node:
+        *_, kind, name = node["$ref"].split("/")
+        node = document["components"][kind][name]
+    return node
+
+
+def test_every_error_is_documented_as_problem_json(document):
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            if method == "parameters":  # shared by the path's operations
+                continue
+            for status, response in operation["responses"].items():
+                if int(status) >= 400:
+                    content = resolve(document, response)["content"]
+                    assert list(content) == ["application/problem+json"], (path, method)
+
+
+@pytest.mark.parametrize("path, method, status, headers", [
+    ("/api/instances", "get", "200", {"X-Total-Count", "Link", "X-Request-ID"}),
+    ("/api/instances", "post", "201", {"Location", "ETag", "Idempotent-Replayed",
+                                       "X-Request-ID"}),
+    (INSTANCE, "get", "200", {"ETag", "X-Request-ID"}),
+    (INSTANCE, "get", "304", {"ETag", "X-Request-ID"}),
+    (PLAN, "patch", "200", {"ETag", "X-Request-ID"}),
+])
+def test_response_headers_are_documented(document, path, method, status, headers):
+    response = resolve(document, document["paths"][path][method]["responses"][status])
+    assert set(response["headers"]) == headers
+
+
+@pytest.mark.parametrize("path, method, names", [
+    ("/api/instances", "post", {"Idempotency-Key", "X-Request-ID"}),
+    (INSTANCE, "get", {"If-None-Match", "X-Request-ID"}),
+    (INSTANCE, "put", {"If-Match", "X-Request-ID"}),
+    (PLAN, "delete", {"If-Match", "X-Request-ID"}),
+])
+def test_request_headers_are_documented(document, path, method, names):
+    parameters = [resolve(document, p) for p in document["paths"][path][method]["parameters"]]
+    assert {p["name"] for p in parameters if p["in"] == "header"} == names
+
+
+def test_query_parameters_carry_their_limits_and_enums(document):
+    parameters = {p["name"]: p["schema"] for p in document["paths"]["/api/instances"]["get"][
+        "parameters"] if "name" in p}
+    assert (parameters["limit"]["minimum"], parameters["limit"]["maximum"]) == (0, 1000)
+    assert parameters["status"]["items"]["enum"][0] == "pending"
+    assert "-name" in parameters["sort"]["items"]["enum"]
+    assert parameters["q"]["maxLength"] == 255
+
+
+def test_every_body_schema_has_an_example_that_it_accepts(document):
+    schemas = document["components"]["schemas"]
+    for name, schema in schemas.items():
+        assert schema.get("examples"), name
+        for example in schema["examples"]:
+            OAS31Validator(schema).validate(example)
+
+
+def test_the_batch_body_is_one_log_or_an_array_of_up_to_1000(document):
+    body = document["paths"][LOGS]["post"]["requestBody"]["content"]["application/json"]
+    single, batch = body["schema"]["oneOf"]
+    assert single == {"$ref": "#/components/schemas/LogCreate"}
+    assert (batch["minItems"], batch["maxItems"]) == (1, 1000)
+
+
+# -- /api/docs ---------------------------------------------------------------
+
+def test_the_docs_page_loads_swagger_ui_from_this_server_only(client):
+    page = client.get("/api/docs")
+    assert page.status_code == 200
+    assert page.mimetype == "text/html"
+    html = page.get_data(as_text=True)
+    assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert assets and all(url.startswith("/api/docs/assets/") for url in assets), assets
+    assert "/api/openapi.json" in html
+    for url in assets:
+        with client.get(url) as resp:  # closes the file it streams
+            assert resp.status_code == 200, url
+            assert len(resp.get_data()) > 10_000, url
+
+
+def test_an_unknown_docs_asset_is_a_problem_404(client):
+    assert_problem(client.get("/api/docs/assets/nothing.js"), 404)
