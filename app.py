@@ -1,11 +1,13 @@
 """Application factory, the one error handler, and the waitress entry point."""
 import argparse
+import ipaddress
 import json
 import logging
 import os
 import re
 import signal
 import sys
+import threading
 import time
 import uuid
 
@@ -14,12 +16,15 @@ import orjson
 import waitress
 from flask import Flask, current_app, g, request
 from flask.json.provider import JSONProvider
+from peewee import DatabaseError
+from waitress import wasyncore
 from waitress.channel import HTTPChannel
 from waitress.task import ErrorTask
-from werkzeug.exceptions import InternalServerError
+from werkzeug.exceptions import InternalServerError, ServiceUnavailable
 
 import models
 from routes import BLUEPRINTS
+from routes.access import load_tokens, protected, require_token
 from routes.docs import HttpDocs, assets
 from schemas import LogCreateSchema, ProblemSchema
 
@@ -32,7 +37,15 @@ DEFAULTS = {
     "PORT": 8080,
     "THREADS": 8,
     "MAX_BODY_BYTES": 1 << 20,
+    "MAX_HEADER_BYTES": 64 << 10,
     "BUSY_TIMEOUT": 5.0,
+    "SYNCHRONOUS": "NORMAL",
+    "CHANNEL_TIMEOUT": 30,
+    "CONNECTION_LIMIT": 256,
+    "CHECKPOINT_INTERVAL": 60.0,
+    "API_TOKENS": "",
+    "API_TOKENS_FILE": "",
+    "ALLOW_OPEN_NETWORK": False,
     "API_TITLE": "Instance Management API",
     "API_VERSION": "1.0.0",
     "OPENAPI_VERSION": "3.1.0",
@@ -124,6 +137,28 @@ def describe(error):
     return error.description
 
 
+# SQLite errors that mean "not now" rather than "bug": the lock is held by
+# another process, or the file cannot take writes (read-only, disk full, I/O).
+UNAVAILABLE = ("locked", "busy", "readonly", "read-only", "disk is full", "disk i/o",
+               "unable to open")
+
+
+def handle_database_error(exc):
+    """503 with Retry-After for a database that cannot serve the request
+    right now; any other database error is a fault (500)."""
+    reason = str(exc)
+    if not isinstance(exc, models.WriterBusy) and not any(
+            word in reason.lower() for word in UNAVAILABLE):
+        return handle_unexpected(exc)
+    log.warning("Database unavailable for %s %s (request %s): %s",
+                request.method, request.path, g.get("request_id"), reason)
+    busy = isinstance(exc, models.WriterBusy) or "lock" in reason or "busy" in reason
+    return problem(ServiceUnavailable(
+        description=f"The database cannot take this request now ({reason}); "
+                    "nothing was written. Retry later.",
+        retry_after=1 if busy else 30))
+
+
 def handle_unexpected(exc):
     """A fault no handler expected: full trace in the log, nothing to the client."""
     log.exception("Unhandled error in %s %s (request %s)",
@@ -134,8 +169,42 @@ def handle_unexpected(exc):
 
 # Environment values arrive as text (or whatever JSON they parse as), so each
 # setting is brought to its type once, with an error that names the variable.
-SETTING_TYPES = {"DATABASE": str, "HOST": str, "PORT": int, "THREADS": int,
-                 "MAX_BODY_BYTES": int, "BUSY_TIMEOUT": float}
+def flag(value):
+    """A yes/no setting: true/false, yes/no, on/off, 1/0 (any case)."""
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(value)
+
+
+def synchronous(value):
+    text = str(value).strip().upper()
+    if text not in models.SYNCHRONOUS:
+        raise ValueError(value)
+    return text
+
+
+def positive(kind):
+    def convert(value):
+        number = kind(value)
+        if number <= 0:
+            raise ValueError(value)
+        return number
+    convert.__name__ = f"positive {kind.__name__}"
+    return convert
+
+
+SETTING_TYPES = {
+    "DATABASE": str, "HOST": str, "PORT": int, "THREADS": positive(int),
+    "MAX_BODY_BYTES": positive(int), "MAX_HEADER_BYTES": positive(int),
+    "BUSY_TIMEOUT": positive(float), "SYNCHRONOUS": synchronous,
+    "CHANNEL_TIMEOUT": positive(int), "CONNECTION_LIMIT": positive(int),
+    "CHECKPOINT_INTERVAL": positive(float), "API_TOKENS": str, "API_TOKENS_FILE": str,
+    "ALLOW_OPEN_NETWORK": flag,
+}
+SECRET = ("API_TOKENS",)  # never repeated in an error message
 
 
 def coerce_settings(config):
@@ -144,9 +213,14 @@ def coerce_settings(config):
         try:
             config[key] = kind(value)
         except (TypeError, ValueError):
+            shown = "(hidden)" if key in SECRET else repr(value)
             raise ValueError(f"INSTANCES_{key} (or the {key} setting) is not a valid "
-                             f"{kind.__name__}: {value!r}") from None
+                             f"{kind.__name__}: {shown}") from None
     config["MAX_CONTENT_LENGTH"] = config["MAX_BODY_BYTES"]
+    try:
+        config["TOKENS"] = load_tokens(config["API_TOKENS"], config["API_TOKENS_FILE"])
+    except OSError as exc:
+        raise ValueError(f"INSTANCES_API_TOKENS_FILE cannot be read: {exc}") from None
 
 
 def create_app(config=None):
@@ -159,14 +233,18 @@ def create_app(config=None):
     coerce_settings(app.config)
 
     models.db.initialize(models.open_sqlite(
-        app.config["DATABASE"], busy_timeout=app.config["BUSY_TIMEOUT"]))
+        app.config["DATABASE"], busy_timeout=app.config["BUSY_TIMEOUT"],
+        synchronous=app.config["SYNCHRONOUS"]))
     models.create_tables()
+    tokens = app.config["TOKENS"]
 
     @app.before_request
     def tag_request():
         g.started = time.perf_counter()
         sent = request.headers.get("X-Request-ID", "")
         g.request_id = sent if SANE_REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
+        if tokens and protected(request.path):
+            require_token(tokens)
 
     @app.after_request
     def finish_response(response):
@@ -174,6 +252,8 @@ def create_app(config=None):
         if response.status_code == 204:
             response.headers.pop("Content-Type", None)
         response.headers["X-Request-ID"] = g.request_id
+        # Browsers must not guess a type other than the one declared.
+        response.headers["X-Content-Type-Options"] = "nosniff"
         access_log.info("%s %s %s %.1fms request_id=%s", request.method, request.full_path
                         if request.query_string else request.path, response.status_code,
                         (time.perf_counter() - g.started) * 1000, g.request_id)
@@ -192,6 +272,8 @@ def create_app(config=None):
         api.register_blueprint(blueprint)
     app.register_blueprint(assets)
     app.register_error_handler(Exception, handle_unexpected)
+    app.register_error_handler(DatabaseError, handle_database_error)
+    app.register_error_handler(models.WriterBusy, handle_database_error)
     return app
 
 
@@ -204,7 +286,8 @@ class ProblemErrorTask(ErrorTask):
         body = orjson.dumps({"type": PROBLEM_TYPE, "title": error.reason,
                              "status": error.code, "detail": f"{error.reason}: {error.body}."})
         self.status = f"{error.code} {error.reason}"
-        self.response_headers.append(("Content-Type", "application/problem+json"))
+        self.response_headers.extend([("Content-Type", "application/problem+json"),
+                                      ("X-Content-Type-Options", "nosniff")])
         self.set_close_on_finish()
         self.content_length = len(body)
         self.write(body)
@@ -219,22 +302,28 @@ def parse_args(argv):
         prog="instance-api",
         description="Serve the Instance Management API with waitress. Flags override "
                     "the INSTANCES_* environment variables.",
-        epilog="`instance-api openapi [FILE]` writes the OpenAPI document instead.")
+        epilog="Other commands: `instance-api openapi [FILE]` writes the OpenAPI "
+               "document; `instance-api backup PATH` copies the database while it is "
+               "in use.")
     parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on, 0 for any free one "
                                                  "(default 8080)")
     parser.add_argument("--threads", type=int, help="worker threads (default 8)")
     parser.add_argument("--db", dest="database", help="SQLite file (default instances.db)")
+    parser.add_argument("--allow-open-network", action="store_true", default=None,
+                        help="serve on a non-loopback address without API tokens, "
+                             "on purpose")
     args = parser.parse_args(argv)
     return {key.upper(): value for key, value in vars(args).items() if value is not None}
 
 
 def main(argv=None):
     """`instance-api [flags]` serves; `instance-api openapi [FILE]` writes the
-    API's OpenAPI document."""
+    API's OpenAPI document; `instance-api backup PATH` copies the database."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["openapi"]:
-        return write_openapi(argv[1:])
+    commands = {"openapi": write_openapi, "backup": backup}
+    if argv[:1] and argv[0] in commands:
+        return commands[argv[0]](argv[1:])
     return serve(argv)
 
 
@@ -257,40 +346,119 @@ def write_openapi(argv):
 
 
 def serve(argv):
-    """Serve the app with waitress until Ctrl-C or SIGTERM."""
+    """Serve the app with waitress until SIGTERM or Ctrl-C, then finish the
+    requests in flight and exit 0."""
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         app = create_app(parse_args(argv))
         cfg = app.config
+        refuse_open_network(cfg)
         server = waitress.create_server(
             app, host=cfg["HOST"], port=cfg["PORT"], threads=cfg["THREADS"],
             # A backstop only: Flask answers oversized bodies first, as problem JSON.
             max_request_body_size=cfg["MAX_CONTENT_LENGTH"] + (64 << 10),
+            max_request_header_size=cfg["MAX_HEADER_BYTES"],
+            # An idle or stalled connection (a slowloris) is dropped after this
+            # many seconds, and no more than this many are held at once.
+            channel_timeout=cfg["CHANNEL_TIMEOUT"], connection_limit=cfg["CONNECTION_LIMIT"],
             ident="instance-api",
         )
     # A bad setting, a taken port, an unwritable file, a file from a newer server.
-    except (ValueError, OSError, models.SchemaTooNew) as exc:
+    except (ValueError, OSError, DatabaseError, models.SchemaTooNew) as exc:
         log.error("Cannot start: %s", exc)
         return 2
     server.channel_class = ProblemChannel
     log.info("Listening on http://%s:%s with database %s", server.effective_host,
              server.effective_port, os.path.abspath(cfg["DATABASE"]))
 
-    def stop(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda signum, frame: stopping.set())
+    checkpoints = threading.Thread(target=checkpoint_every, daemon=True,
+                                   args=(cfg["CHECKPOINT_INTERVAL"], stopping))
+    checkpoints.start()
     try:
-        server.run()
-    except KeyboardInterrupt:
-        pass
+        while not stopping.is_set():
+            wasyncore.loop(timeout=0.5, map=server._map, use_poll=True, count=1)
+        drain(server, deadline=time.monotonic() + 8)
     finally:
         server.close()
-        server.task_dispatcher.shutdown(timeout=5)
+        server.task_dispatcher.shutdown(timeout=1)
         models.db.close_all()
     log.info("Stopped")
     return 0
+
+
+def refuse_open_network(cfg):
+    """2.3: no API reachable from the network without tokens, by accident."""
+    host = cfg["HOST"]
+    if cfg["TOKENS"] or cfg["ALLOW_OPEN_NETWORK"] or host == "localhost":
+        return
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return
+    except ValueError:
+        pass  # a host name: it may resolve to anything
+    raise ValueError(
+        f"--host {host} would open the API to the network without tokens; set "
+        "INSTANCES_API_TOKENS or INSTANCES_API_TOKENS_FILE, or pass --allow-open-network "
+        "(INSTANCES_ALLOW_OPEN_NETWORK=1) if that is what you want")
+
+
+def drain(server, deadline):
+    """Stop accepting, then keep serving the connections that have a request
+    in flight or a response still to send, until they are done or the
+    deadline passes."""
+    server.del_channel()
+    server.socket.close()
+    log.info("Stopping: finishing the requests in flight")
+
+    def busy():
+        dispatcher = server.task_dispatcher
+        return dispatcher.active_count or dispatcher.queue or any(
+            getattr(channel, "requests", None) or getattr(channel, "total_outbufs_len", 0)
+            for channel in list(server._map.values()))
+
+    while busy() and time.monotonic() < deadline:
+        wasyncore.loop(timeout=0.05, map=server._map, use_poll=True, count=1)
+
+
+def checkpoint_every(interval, stopping):
+    """Copy the WAL into the database file now and then, so the -wal file
+    stays small even when readers keep SQLite's own checkpoints from
+    finishing; journal_size_limit then truncates it."""
+    while not stopping.wait(interval):
+        try:
+            with models.db.connection_context():
+                models.db.execute_sql("PRAGMA wal_checkpoint(PASSIVE)")
+        except DatabaseError as exc:
+            log.warning("Checkpoint failed: %s", exc)
+
+
+def backup(argv):
+    parser = argparse.ArgumentParser(
+        prog="instance-api backup",
+        description="Copy the database to PATH while the server keeps running (SQLite's "
+                    "online backup), then check the copy with integrity_check.")
+    parser.add_argument("path", help="the file to write; it must not exist yet")
+    parser.add_argument("--db", help="the database to copy (default: INSTANCES_DATABASE "
+                                     "or instances.db)")
+    args = parser.parse_args(argv)
+    source = args.db or os.environ.get("INSTANCES_DATABASE") or DEFAULTS["DATABASE"]
+    try:
+        pages = models.backup(source, args.path, progress=report_progress)
+    except (OSError, ValueError, DatabaseError, models.BackupFailed) as exc:
+        print(f"Backup failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"Backed up {os.path.abspath(source)} to {os.path.abspath(args.path)} "
+          f"({pages} pages); integrity_check: ok")
+    return 0
+
+
+def report_progress(copied, total):
+    print(f"\rcopied {copied}/{total} pages ({100 * copied // max(total, 1)}%)",
+          end="" if copied < total else "\n", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,11 @@ Models hold storage facts (types, nullability, indexes, foreign keys) and the
 small queries the routes need. Input rules live in schemas.py only.
 """
 import os
+import sqlite3
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from datetime import datetime, timezone
 
 import orjson
@@ -30,20 +32,59 @@ LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
 PLAN_STATUSES = ("pending", "in_progress", "completed", "failed", "cancelled")
 PLAN_DONE = ("completed", "failed", "cancelled")
 
-# WAL lets readers run beside the one writer; NORMAL skips the fsync on each
-# commit in WAL mode (a crash of the process loses nothing committed);
-# foreign_keys is off by default in SQLite and ON DELETE CASCADE needs it.
+# WAL lets readers run beside the one writer. synchronous=NORMAL skips the
+# fsync on each commit in WAL mode: a crash of the process loses nothing
+# committed, a power cut can lose the last transactions; FULL (setting
+# SYNCHRONOUS) syncs every commit. foreign_keys is off by default in SQLite and
+# ON DELETE CASCADE needs it. journal_size_limit truncates the -wal file back
+# to 64 MiB after a checkpoint, so one burst does not leave it large for good.
 # The busy timeout is passed to connect(), so it is in force before WAL is set.
-SQLITE_PRAGMAS = (
-    ("journal_mode", "wal"),
-    ("synchronous", "normal"),
-    ("foreign_keys", 1),
-    ("cache_size", -4096),      # KiB per connection: bounded memory per thread
-    ("temp_store", "memory"),
-)
+SYNCHRONOUS = ("NORMAL", "FULL")
 
 
-def open_sqlite(path, busy_timeout=5.0):
+def sqlite_pragmas(synchronous="NORMAL"):
+    return (
+        ("journal_mode", "wal"),
+        ("synchronous", synchronous),
+        ("foreign_keys", 1),
+        ("journal_size_limit", 64 << 20),
+        ("cache_size", -4096),      # KiB per connection: bounded memory per thread
+        ("temp_store", "memory"),
+    )
+
+
+class WriterBusy(Exception):
+    """The write lock could not be had within the busy timeout."""
+
+
+class Writer:
+    """One writer at a time within the process.
+
+    SQLite has one write lock per file. Threads that all ask SQLite for it
+    race on its busy handler, which sleeps and retries, so under load some
+    time out with "database is locked" while the lock was free half the time.
+    Queueing on a process lock first hands it over in order; SQLite's busy
+    timeout then only waits for other processes (a backup, a second server).
+    Re-entrant, so a write inside a write (a POST with an Idempotency-Key)
+    nests as a savepoint.
+    """
+
+    def __init__(self, timeout):
+        self.timeout = timeout
+        self.lock = threading.RLock()
+
+    @contextmanager
+    def __call__(self):
+        if not self.lock.acquire(timeout=self.timeout):
+            raise WriterBusy(f"no write lock within {self.timeout:g} s")
+        try:
+            with db.atomic():
+                yield
+        finally:
+            self.lock.release()
+
+
+def open_sqlite(path, busy_timeout=5.0, synchronous="NORMAL"):
     """A pooled SQLite database: each request borrows a connection and gives
     it back at teardown, so pragmas run once per connection, not per request.
 
@@ -53,9 +94,10 @@ def open_sqlite(path, busy_timeout=5.0):
     in WAL mode fails at once instead of waiting for the busy timeout.
     """
     database = PooledSqliteDatabase(
-        path, pragmas=SQLITE_PRAGMAS, timeout=busy_timeout, lock_type="IMMEDIATE",
-        max_connections=None, check_same_thread=False,
+        path, pragmas=sqlite_pragmas(synchronous), timeout=busy_timeout,
+        lock_type="IMMEDIATE", max_connections=None, check_same_thread=False,
     )
+    database.writer = Writer(busy_timeout)
     # SQLite's own lower() and LIKE fold ASCII only; `q` should find "Écran"
     # with "écran" too.
     database.register_function(_casefold, "casefold", 1, deterministic=True)
@@ -67,8 +109,9 @@ def _casefold(text):
 
 
 def write():
-    """The transaction every write runs in (IMMEDIATE on SQLite, see above)."""
-    return db.atomic()
+    """The transaction every write runs in: the process's writer lock, then
+    BEGIN IMMEDIATE (see Writer and open_sqlite)."""
+    return db.writer()
 
 
 def contains_folded(field, text):
@@ -346,22 +389,79 @@ MIGRATIONS = {2: _add_plan_tree_and_times}
 
 def create_tables():
     """Bring the database file to SCHEMA_VERSION: create it when empty,
-    migrate it when older, refuse it when a newer server wrote it."""
-    with db.connection_context(), db.atomic():
-        tables = set(db.get_tables())
-        if Instance._meta.table_name not in tables:
-            version = SCHEMA_VERSION
-        elif SchemaVersion._meta.table_name in tables:
-            version = SchemaVersion.select(fn.MAX(SchemaVersion.version)).scalar()
-        else:
-            version = FIRST_VERSION
-        if version > SCHEMA_VERSION:
+    migrate it when older, refuse it when a newer server wrote it. A file
+    already at SCHEMA_VERSION is only read, so a read-only file can serve."""
+    with db.connection_context():
+        version = stored_version()
+        if version == SCHEMA_VERSION:
+            return
+        if version is not None and version > SCHEMA_VERSION:
             raise SchemaTooNew(
                 f"the database has schema version {version}, newer than this server's "
                 f"{SCHEMA_VERSION}; run a newer instance-api or another file")
-        migrator = SchemaMigrator.from_database(db.obj)
-        for step in range(version + 1, SCHEMA_VERSION + 1):
-            MIGRATIONS[step](migrator)
-        db.create_tables(MODELS, safe=True)
-        SchemaVersion.delete().execute()
-        SchemaVersion.create(version=SCHEMA_VERSION)
+        with db.atomic():
+            migrator = SchemaMigrator.from_database(db.obj)
+            for step in range((version or SCHEMA_VERSION) + 1, SCHEMA_VERSION + 1):
+                MIGRATIONS[step](migrator)
+            db.create_tables(MODELS, safe=True)
+            SchemaVersion.delete().execute()
+            SchemaVersion.create(version=SCHEMA_VERSION)
+
+
+def stored_version():
+    """The schema version of the open file; None for an empty file."""
+    tables = set(db.get_tables())
+    if Instance._meta.table_name not in tables:
+        return None
+    if SchemaVersion._meta.table_name not in tables:
+        return FIRST_VERSION
+    return SchemaVersion.select(fn.MAX(SchemaVersion.version)).scalar()
+
+
+class BackupFailed(Exception):
+    pass
+
+
+def backup(source, target, progress=None):
+    """Copy the database at `source` into a new file `target` while servers
+    keep writing to it, check the copy, and return its size in pages.
+
+    VACUUM INTO reads one snapshot (in WAL mode writers go on meanwhile) and
+    writes a compact copy; SQLite's page-by-page backup API would restart
+    from the beginning after every write by another connection, and might
+    never finish under steady writes. `progress(done, total)` is called as
+    the copy grows (in pages), at most once per percent.
+    """
+    if os.path.exists(target):
+        raise BackupFailed(f"{target} already exists; name a new file")
+    if not os.path.isfile(source):
+        raise BackupFailed(f"there is no database at {source}")
+    conn = sqlite3.connect(source, timeout=30)
+    try:
+        page_size, pages, free = (conn.execute(f"PRAGMA {name}").fetchone()[0]
+                                  for name in ("page_size", "page_count", "freelist_count"))
+        total, shown = max(pages - free, 1), [-1]
+
+        def report():
+            done = min(os.path.getsize(target) // page_size, total) if os.path.exists(target) else 0
+            if done * 100 // total > shown[0]:
+                shown[0] = done * 100 // total
+                progress(done, total)
+            return 0  # go on
+
+        if progress:
+            conn.set_progress_handler(report, 100_000)
+        conn.execute("VACUUM INTO ?", (str(target),))
+    finally:
+        conn.close()
+    copy = sqlite3.connect(target)
+    try:
+        checked = copy.execute("PRAGMA integrity_check").fetchall()
+        copied = copy.execute("PRAGMA page_count").fetchone()[0]
+    finally:
+        copy.close()
+    if checked != [("ok",)]:
+        raise BackupFailed(f"the copy at {target} fails integrity_check: {checked[:5]}")
+    if progress:
+        progress(copied, copied)
+    return copied

@@ -1,5 +1,7 @@
 """What the three resources share: the strict request parser and Blueprint,
 row lookups, preconditions, and list handling (filters, order, pages)."""
+import json
+import re
 from urllib.parse import urlencode
 
 import orjson
@@ -39,11 +41,11 @@ class StrictParser(FlaskParser):
     def load_querystring(self, req, schema):
         # webargs would keep the first of ?status=a&status=b and drop the
         # rest, silently; comma lists are the way to send several values.
-        repeated = sorted({key for key, values in req.args.lists() if len(values) > 1})
-        if repeated:
-            abort(422, errors={"query": {
-                key: ["Given more than once; send one value (or a comma list)."]
-                for key in repeated}})
+        errors = {key: ["Given more than once; send one value (or a comma list)."]
+                  for key, values in req.args.lists() if len(values) > 1}
+        errors.update({key: [NUL_MESSAGE] for key, value in req.args.items() if "\0" in value})
+        if errors:
+            abort(422, errors={"query": dict(sorted(errors.items()))})
         return super().load_querystring(req, schema)
 
 
@@ -89,11 +91,58 @@ def read_json_body(req, arrays=False):
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         abort(400, message=f"The request body is not valid JSON: {exc}.")
-    if isinstance(data, dict) or (arrays and isinstance(data, list)):
-        return data
-    # 2.4: the batch of logs is the only array body.
-    abort(400, message="The request body must be a JSON object"
-                       + (" or an array of them." if arrays else "."))
+    if not (isinstance(data, dict) or (arrays and isinstance(data, list))):
+        # 2.4: the batch of logs is the only array body.
+        abort(400, message="The request body must be a JSON object"
+                           + (" or an array of them." if arrays else "."))
+    check_storable(data, body)
+    return data
+
+
+NUL_MESSAGE = "Contains a NUL character (\\u0000), which is not stored."
+# An integer literal past 64 bits: orjson would read it as a double and keep
+# only its first 16 digits. Strings are checked again below, so a long run of
+# digits inside a string only costs a second look.
+LONG_INTEGER = re.compile(rb"\d{20}")
+
+
+def check_storable(data, body):
+    """422 naming the place of a value that could not come back exactly as
+    sent: a string with NUL (PostgreSQL cannot store it, and C tools cut the
+    string there), or an integer beyond 64 bits. Cheap byte scans decide
+    whether the parsed data needs walking at all."""
+    if b"\\u0000" in body:
+        where = find(data, lambda value: isinstance(value, str) and "\0" in value)
+        if where is not None:
+            abort(422, errors={"json": {where: [NUL_MESSAGE]}})
+    if LONG_INTEGER.search(body):
+        # The standard library keeps integers exact; orjson has already
+        # refused everything else it would accept too leniently.
+        exact = json.loads(body)
+        where = find(exact, lambda value: isinstance(value, int) and not (
+            -(2**63) <= value < 2**64))
+        if where is not None:
+            abort(422, errors={"json": {where: [
+                "An integer beyond 64 bits cannot be kept exactly; send it as a string."]}})
+
+
+def find(data, bad):
+    """The dotted path (keys and indexes) of the first value or key for which
+    `bad` is true, or None. Iterative: bodies nest up to 1024 levels, beyond
+    Python's recursion limit."""
+    stack = [((), data)]
+    while stack:
+        path, value = stack.pop()
+        if bad(value):
+            return ".".join(map(str, path)) or "_schema"
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if bad(key):
+                    return ".".join(map(str, (*path, key)))
+                stack.append(((*path, key), item))
+        elif isinstance(value, list):
+            stack.extend(((*path, index), item) for index, item in enumerate(value))
+    return None
 
 
 def invalid(where, field, message):

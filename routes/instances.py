@@ -21,7 +21,8 @@ class Instances(MethodView):
     @blp.response(201, InstanceSchema)
     def post(self, data):
         """Create an instance."""
-        instance = Instance.create(**data)
+        with write():
+            instance = Instance.create(**data)
         return created(instance, "instances.InstanceById", instance_id=instance.id)
 
 

@@ -175,7 +175,7 @@ def test_create_log_reports_every_bad_field_at_once(client, logs_url):
     "line one\nline two\ttabbed \\ backslash \"quoted\"",
     "% _ [like wildcards] *",
     "<script>alert(1)</script>",
-    "nul \u0000 inside",
+    "separators \u2028\u2029 zero\u200bwidth \ufeff bom \U0010ffff",
 ])
 def test_log_text_is_stored_verbatim(client, logs_url, text):
     details = {text: text, "nested": {"list": [text, 1, None, True]}}
