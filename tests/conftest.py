@@ -140,17 +140,18 @@ class Server:
     """The real service (`python app.py`, waitress) on an ephemeral port.
 
     Output goes to a file, not a pipe, so a chatty server never blocks on a
-    full pipe that nobody reads."""
+    full pipe that nobody reads. `env` adds INSTANCES_* settings; `db` names
+    another database file than tmp_path/live.db."""
 
-    def __init__(self, tmp_path, *extra):
-        self.db_path = tmp_path / "live.db"
-        self.log_path = tmp_path / "server.log"
+    def __init__(self, tmp_path, *extra, env=None, db=None, log_name="server.log"):
+        self.db_path = Path(db or tmp_path / "live.db")
+        self.log_path = tmp_path / log_name
         with open(self.log_path, "w") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, str(ROOT / "app.py"), "--port", "0",
                  "--db", str(self.db_path), *extra],
                 cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**clean_environment(), "PYTHONUNBUFFERED": "1", **(env or {})},
             )
         match = self.wait_for(r"Listening on (http://\S+) with database (\S+)")
         self.url, self.database = match.group(1), match.group(2)
@@ -174,6 +175,31 @@ class Server:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         return self.proc.wait(timeout)
+
+
+def clean_environment():
+    """The caller's environment without INSTANCES_* settings."""
+    return {name: value for name, value in os.environ.items()
+            if not name.startswith("INSTANCES_")}
+
+
+# Figures measured by the reliability scenarios, printed after the run.
+FIGURES = []
+
+
+@pytest.fixture
+def figures(request):
+    def record(**values):
+        FIGURES.append((request.node.nodeid, values))
+    return record
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FIGURES:
+        terminalreporter.section("reliability figures")
+        for nodeid, values in FIGURES:
+            shown = ", ".join(f"{name}={value}" for name, value in values.items())
+            terminalreporter.write_line(f"{nodeid}: {shown}")
 
 
 @pytest.fixture
