@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -219,8 +220,14 @@ def coerce_settings(config):
     config["MAX_CONTENT_LENGTH"] = config["MAX_BODY_BYTES"]
     try:
         config["TOKENS"] = load_tokens(config["API_TOKENS"], config["API_TOKENS_FILE"])
-    except OSError as exc:
-        raise ValueError(f"INSTANCES_API_TOKENS_FILE cannot be read: {exc}") from None
+    except (OSError, ValueError) as exc:  # missing, a directory, not UTF-8
+        raise ValueError(f"INSTANCES_API_TOKENS_FILE ({config['API_TOKENS_FILE']}) cannot "
+                         f"be read: {exc}") from None
+    # Fail closed: a token setting that yields no token is a mistake, not a
+    # request for an open API.
+    if not config["TOKENS"] and (config["API_TOKENS"].strip() or config["API_TOKENS_FILE"]):
+        raise ValueError("INSTANCES_API_TOKENS or INSTANCES_API_TOKENS_FILE is set but holds "
+                         "no token")
 
 
 def create_app(config=None):
@@ -236,6 +243,8 @@ def create_app(config=None):
         app.config["DATABASE"], busy_timeout=app.config["BUSY_TIMEOUT"],
         synchronous=app.config["SYNCHRONOUS"]))
     models.create_tables()
+    if app.config["DATABASE"] != ":memory:":
+        models.verify_wal()
     tokens = app.config["TOKENS"]
 
     @app.before_request
@@ -365,7 +374,7 @@ def serve(argv):
             ident="instance-api",
         )
     # A bad setting, a taken port, an unwritable file, a file from a newer server.
-    except (ValueError, OSError, DatabaseError, models.SchemaTooNew) as exc:
+    except (ValueError, OSError, DatabaseError, models.SchemaTooNew, models.DatabaseUnfit) as exc:
         log.error("Cannot start: %s", exc)
         return 2
     server.channel_class = ProblemChannel
@@ -448,7 +457,7 @@ def backup(argv):
     source = args.db or os.environ.get("INSTANCES_DATABASE") or DEFAULTS["DATABASE"]
     try:
         pages = models.backup(source, args.path, progress=report_progress)
-    except (OSError, ValueError, DatabaseError, models.BackupFailed) as exc:
+    except (OSError, sqlite3.Error, models.BackupFailed) as exc:
         print(f"Backup failed: {exc}", file=sys.stderr)
         return 1
     print(f"Backed up {os.path.abspath(source)} to {os.path.abspath(args.path)} "

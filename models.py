@@ -408,6 +408,20 @@ def create_tables():
             SchemaVersion.create(version=SCHEMA_VERSION)
 
 
+def verify_wal():
+    """Refuse a database where WAL could not be enabled (a network file
+    system, a read-only directory): readers would block the writer."""
+    with db.connection_context():
+        mode = db.execute_sql("PRAGMA journal_mode").fetchone()[0]
+    if mode != "wal":
+        raise DatabaseUnfit(f"the database runs in journal_mode={mode}, not wal; put it on a "
+                            "local file system in a writable directory")
+
+
+class DatabaseUnfit(Exception):
+    pass
+
+
 def stored_version():
     """The schema version of the open file; None for an empty file."""
     tables = set(db.get_tables())
@@ -463,5 +477,5 @@ def backup(source, target, progress=None):
     if checked != [("ok",)]:
         raise BackupFailed(f"the copy at {target} fails integrity_check: {checked[:5]}")
     if progress:
-        progress(copied, copied)
+        progress(total, total)
     return copied

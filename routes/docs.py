@@ -29,6 +29,8 @@ def problem_response(description):
 
 # Every error status a route can answer, by what makes a route answer it.
 ERRORS = {
+    401: ("Unauthorized", "Tokens are configured (INSTANCES_API_TOKENS) and the request "
+                          "has no valid `Authorization: Bearer` token."),
     400: ("BadRequest", "The body is not valid JSON, is empty, or is not a JSON object "
                         "(an array only where the route takes a batch)."),
     404: ("NotFound", "An id in the path is malformed or names nothing (a parent "
@@ -42,7 +44,10 @@ ERRORS = {
                                   "json, query or headers. Nothing was written."),
     500: ("InternalServerError", "An unexpected fault, logged with the request_id that "
                                  "the body carries."),
-    503: ("ServiceUnavailable", "The database cannot be read."),
+    503: ("ServiceUnavailable", "The database cannot take the request now: its write lock "
+                                "is held elsewhere past the busy timeout, or the file is "
+                                "read-only or full. Retry-After says when to try again; "
+                                "nothing was written."),
 }
 
 HEADERS = {
@@ -108,6 +113,10 @@ class HttpDocs(BasePlugin):
             spec.components.parameter(name, "header", {"name": header, **parameter})
         for name, description in ERRORS.values():
             spec.components.response(name, problem_response(description), lazy=True)
+        spec.components.security_scheme("bearerAuth", {
+            "type": "http", "scheme": "bearer",
+            "description": "Needed on /api routes only when the server has tokens "
+                           "(INSTANCES_API_TOKENS or INSTANCES_API_TOKENS_FILE)."})
         spec.components.response("NotModified", {
             "description": "If-None-Match names the current ETag; no body.",
             "headers": {"ETag": "ETag", "X-Request-ID": "XRequestID"}}, lazy=True)
@@ -122,15 +131,21 @@ class HttpDocs(BasePlugin):
         for method, operation in operations.items():
             # Names for generated clients: getInstances, patchInstanceById, ...
             operation["operationId"] = f"{method}{view}"
-            document(operation, method, has_ids="{" in path)
+            document(operation, method, has_ids="{" in path, guarded=path.startswith("/api/"))
 
 
-def document(operation, method, has_ids):
+def document(operation, method, has_ids, guarded):
     # smorest keys responses by int; apispec would then write "422" twice.
     responses = {str(code): response for code, response in operation["responses"].items()}
     parameters = operation.setdefault("parameters", [])
     queries = any(isinstance(p, dict) and p.get("in") == "query" for p in parameters)
     errors = {500}
+    if guarded:
+        errors.add(401)
+        # A token, or none at all when the server has no tokens configured.
+        operation["security"] = [{"bearerAuth": []}, {}]
+    if method != "get":
+        errors.add(503)
     if has_ids:
         errors.add(404)
     if "requestBody" in operation:

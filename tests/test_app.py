@@ -9,7 +9,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -376,68 +375,6 @@ def test_console_script_instance_api_is_installed_and_prints_help():
     assert done.returncode == 0, done.stderr
     for flag in ("--host", "--port", "--db", "--threads"):
         assert flag in done.stdout
-
-
-# -- concurrency on the real server ------------------------------------------------
-
-def create_many(url, count):
-    conn = connect(url)
-    try:
-        replies = [send(conn, "POST", "/api/instances", {**VALID, "name": f"box {n}"})
-                   for n in range(count)]
-    finally:
-        conn.close()
-    return [(reply.status_code, reply.get_json().get("id")) for reply in replies]
-
-
-def test_concurrent_creates_all_succeed_without_lock_errors(server):
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        batches = list(pool.map(create_many, [server.url] * 8, [50] * 8, timeout=60))
-    results = [result for batch in batches for result in batch]
-    assert [status for status, _ in results] == [201] * 400
-    assert len({instance_id for _, instance_id in results}) == 400
-    resp = call(server.url, "GET", "/api/instances?limit=0")
-    assert resp.status_code == 200
-    assert resp.headers["X-Total-Count"] == "400"
-    assert "database is locked" not in server.output
-    assert "Traceback" not in server.output
-
-
-def write_logs(url, instance_id, count):
-    conn = connect(url)
-    try:
-        return [send(conn, "POST", f"/api/instances/{instance_id}/logs",
-                     {"log_type": "agent_action", "message": f"step {n}"}).status_code
-                for n in range(count)]
-    finally:
-        conn.close()
-
-
-def read_logs(url, instance_id, count):
-    conn = connect(url)
-    try:
-        statuses = []
-        for _ in range(count):
-            reply = send(conn, "GET", f"/api/instances/{instance_id}/logs?limit=20")
-            assert len(reply.get_json()) <= 20
-            statuses.append(reply.status_code)
-        return statuses
-    finally:
-        conn.close()
-
-
-def test_concurrent_log_writes_and_reads_all_succeed(server):
-    instance_id = call(server.url, "POST", "/api/instances", VALID).get_json()["id"]
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        writers = [pool.submit(write_logs, server.url, instance_id, 40) for _ in range(4)]
-        readers = [pool.submit(read_logs, server.url, instance_id, 40) for _ in range(4)]
-        statuses = [status for job in writers + readers for status in job.result(timeout=60)]
-    assert len(statuses) == 320
-    assert all(200 <= status < 300 for status in statuses), sorted(set(statuses))
-    resp = call(server.url, "GET", f"/api/instances/{instance_id}/logs?limit=0")
-    assert resp.headers["X-Total-Count"] == "160"
-    assert "database is locked" not in server.output
-    assert "Traceback" not in server.output
 
 
 # -- URL rules every route shares ------------------------------------------------------

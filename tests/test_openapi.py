@@ -56,15 +56,15 @@ LOGS = "/api/instances/{instance_id}/logs"
 
 
 @pytest.mark.parametrize("path, method, statuses", [
-    ("/api/instances", "get", {200, 422, 500}),
-    ("/api/instances", "post", {201, 400, 413, 415, 422, 500}),
-    (INSTANCE, "get", {200, 304, 404, 500}),
-    (INSTANCE, "patch", {200, 400, 404, 412, 413, 415, 422, 500}),
-    (INSTANCE, "delete", {204, 404, 412, 500}),
-    (LOGS, "get", {200, 404, 422, 500}),
-    (LOGS, "post", {201, 400, 404, 413, 415, 422, 500}),
-    (LOGS + "/{log_id}", "get", {200, 304, 404, 500}),
-    (PLAN, "put", {200, 400, 404, 412, 413, 415, 422, 500}),
+    ("/api/instances", "get", {200, 401, 422, 500}),
+    ("/api/instances", "post", {201, 400, 401, 413, 415, 422, 500, 503}),
+    (INSTANCE, "get", {200, 304, 401, 404, 500}),
+    (INSTANCE, "patch", {200, 400, 401, 404, 412, 413, 415, 422, 500, 503}),
+    (INSTANCE, "delete", {204, 401, 404, 412, 500, 503}),
+    (LOGS, "get", {200, 401, 404, 422, 500}),
+    (LOGS, "post", {201, 400, 401, 404, 413, 415, 422, 500, 503}),
+    (LOGS + "/{log_id}", "get", {200, 304, 401, 404, 500}),
+    (PLAN, "put", {200, 400, 401, 404, 412, 413, 415, 422, 500, 503}),
     ("/healthz", "get", {200, 304, 500, 503}),
 ])
 def test_each_operation_lists_every_status_it_can_answer(document, path, method, statuses):
