@@ -20,6 +20,7 @@ from flask.json.provider import JSONProvider
 from peewee import DatabaseError
 from waitress import wasyncore
 from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.task import ErrorTask
 from werkzeug.exceptions import InternalServerError, ServiceUnavailable
 
@@ -147,10 +148,16 @@ UNAVAILABLE = ("locked", "busy", "readonly", "read-only", "disk is full", "disk 
 def handle_database_error(exc):
     """503 with Retry-After for a database that cannot serve the request
     right now; any other database error is a fault (500)."""
-    reason = str(exc)
-    if not isinstance(exc, models.WriterBusy) and not any(
-            word in reason.lower() for word in UNAVAILABLE):
+    # A failed COMMIT is rolled back by SQLite itself; peewee's own rollback
+    # then fails too and hides the cause in __context__, so read the chain.
+    causes, cause = [], exc
+    while cause is not None and len(causes) < 5:
+        causes.append(str(cause))
+        cause = cause.__context__
+    matching = [text for text in causes if any(word in text.lower() for word in UNAVAILABLE)]
+    if not isinstance(exc, models.WriterBusy) and not matching:
         return handle_unexpected(exc)
+    reason = matching[0] if matching else causes[0]
     log.warning("Database unavailable for %s %s (request %s): %s",
                 request.method, request.path, g.get("request_id"), reason)
     busy = isinstance(exc, models.WriterBusy) or "lock" in reason or "busy" in reason
@@ -302,8 +309,26 @@ class ProblemErrorTask(ErrorTask):
         self.write(body)
 
 
+class FramingParser(HTTPRequestParser):
+    """Refuse a request whose body length is ambiguous (RFC 9112 6.1): both
+    Content-Length and Transfer-Encoding, or Transfer-Encoding in HTTP/1.0.
+    waitress would go by one of them and keep the connection open, so bytes
+    that a proxy in front read as part of the body would be served here as a
+    second request: request smuggling. A 400 closes the connection."""
+
+    def parse_header(self, header_plus):
+        first, *lines = header_plus.split(b"\n")
+        names = {line.split(b":", 1)[0].strip().lower() for line in lines if b":" in line}
+        if b"transfer-encoding" in names and (
+                b"content-length" in names or first.rstrip().upper().endswith(b"HTTP/1.0")):
+            raise ParsingError("Transfer-Encoding with Content-Length or in HTTP/1.0 "
+                               "leaves the body length ambiguous")
+        return super().parse_header(header_plus)
+
+
 class ProblemChannel(HTTPChannel):
     error_task_class = ProblemErrorTask
+    parser_class = FramingParser
 
 
 def parse_args(argv):
@@ -371,6 +396,9 @@ def serve(argv):
             # An idle or stalled connection (a slowloris) is dropped after this
             # many seconds, and no more than this many are held at once.
             channel_timeout=cfg["CHANNEL_TIMEOUT"], connection_limit=cfg["CONNECTION_LIMIT"],
+            # waitress looks for timed-out connections every cleanup_interval
+            # (30 s by default), which would stretch a short channel_timeout.
+            cleanup_interval=max(1, min(30, cfg["CHANNEL_TIMEOUT"] // 2)),
             ident="instance-api",
         )
     # A bad setting, a taken port, an unwritable file, a file from a newer server.

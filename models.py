@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 
 import orjson
 from peewee import (
-    Case, DatabaseProxy, DateTimeField, ForeignKeyField, IntegerField, JSONField, Model,
+    SQL, Case, DatabaseProxy, DateTimeField, ForeignKeyField, IntegerField, JSONField, Model,
     TextField, UUIDField, fn,
 )
 from playhouse.migrate import SchemaMigrator, migrate
@@ -38,12 +38,14 @@ PLAN_DONE = ("completed", "failed", "cancelled")
 # SYNCHRONOUS) syncs every commit. foreign_keys is off by default in SQLite and
 # ON DELETE CASCADE needs it. journal_size_limit truncates the -wal file back
 # to 64 MiB after a checkpoint, so one burst does not leave it large for good.
-# The busy timeout is passed to connect(), so it is in force before WAL is set.
 SYNCHRONOUS = ("NORMAL", "FULL")
 
 
-def sqlite_pragmas(synchronous="NORMAL"):
+def sqlite_pragmas(synchronous="NORMAL", busy_timeout=5.0):
     return (
+        # First, so that it is in force before WAL is set. (The pool takes
+        # the `timeout` argument for itself, so it cannot be passed there.)
+        ("busy_timeout", int(busy_timeout * 1000)),
         ("journal_mode", "wal"),
         ("synchronous", synchronous),
         ("foreign_keys", 1),
@@ -94,8 +96,8 @@ def open_sqlite(path, busy_timeout=5.0, synchronous="NORMAL"):
     in WAL mode fails at once instead of waiting for the busy timeout.
     """
     database = PooledSqliteDatabase(
-        path, pragmas=sqlite_pragmas(synchronous), timeout=busy_timeout,
-        lock_type="IMMEDIATE", max_connections=None, check_same_thread=False,
+        path, pragmas=sqlite_pragmas(synchronous, busy_timeout), lock_type="IMMEDIATE",
+        max_connections=None, check_same_thread=False,
     )
     database.writer = Writer(busy_timeout)
     # SQLite's own lower() and LIKE fold ASCII only; `q` should find "Écran"
@@ -243,6 +245,11 @@ class Instance(EditableModel):
     agent_id = UUIDField(null=True)
     configuration = ObjectField()
     environment_variables = ObjectField()
+    # How many logs the instance has, kept in the transaction that adds them
+    # (logs are never deleted alone), so an unfiltered log list's
+    # X-Total-Count costs one row read instead of counting 100,000 index
+    # entries. Not part of the API's representation.
+    log_count = IntegerField(default=0, constraints=[SQL("DEFAULT 0")])
 
     class Meta:
         # Each list filter with the newest-first order in one index, so a
@@ -278,11 +285,13 @@ class InstanceLog(BaseModel):
         )
 
     @classmethod
-    def create_many(cls, instance_id, entries):
-        """Insert a batch in one statement per 100 rows; the caller's
-        transaction makes it all or nothing."""
+    def append(cls, instance_id, entries):
+        """Insert logs (one statement per 100 rows) and count them on their
+        instance; the caller's write transaction makes it all or nothing."""
         logs = [cls(instance=instance_id, **entry) for entry in entries]
         cls.bulk_create(logs, batch_size=100)
+        Instance.update(log_count=Instance.log_count + len(logs)).where(
+            Instance.id == instance_id).execute()
         return logs
 
 
@@ -367,7 +376,7 @@ MODELS = (Instance, InstanceLog, InstancePlan, IdempotencyKey, SchemaVersion)
 
 # Files written by the first release have the tables but no schema_version.
 FIRST_VERSION = 1
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class SchemaTooNew(Exception):
@@ -382,9 +391,25 @@ def _add_plan_tree_and_times(migrator):
     )
 
 
+def _count_logs_per_instance(migrator):
+    # One ALTER TABLE ... NOT NULL DEFAULT 0. Without allow_not_null,
+    # playhouse would rebuild the table to add NOT NULL afterwards, and
+    # dropping the old `instance` table would cascade to every log and plan.
+    migrate(migrator.add_column("instance", "log_count", Instance.log_count,
+                                allow_not_null=True))
+    recount_logs()
+
+
+def recount_logs():
+    """Set every instance's log_count from its rows (migration, bulk seed)."""
+    counted = (InstanceLog.select(fn.COUNT(InstanceLog.id))
+               .where(InstanceLog.instance == Instance.id))
+    Instance.update(log_count=counted).execute()
+
+
 # MIGRATIONS[n] takes a database at version n - 1 to version n. New tables and
 # indexes need no entry: create_tables(safe=True) adds whatever is missing.
-MIGRATIONS = {2: _add_plan_tree_and_times}
+MIGRATIONS = {2: _add_plan_tree_and_times, 3: _count_logs_per_instance}
 
 
 def create_tables():

@@ -223,12 +223,13 @@ def check_if_match(row, schema):
 
 # -- lists -------------------------------------------------------------------
 
-def list_response(query, args):
+def list_response(query, args, total=None):
     """One page of `query`, filtered by every non-paging argument (named
     after its column, or in FILTERS), with X-Total-Count and Link.
 
     The order is `sort` with newest first as the tie-break, or oldest first
-    after the `after` cursor.
+    after the `after` cursor. `total`, when the caller keeps it, is the
+    count of the unfiltered query, used instead of counting.
     """
     model = query.model
     conditions = [condition(model, name, value)
@@ -239,7 +240,8 @@ def list_response(query, args):
         order = (model.created_at, model.id)
     if conditions:
         query = query.where(*conditions)
-    total = query.count()
+    if conditions or total is None:
+        total = query.count()
     limit, offset = args["limit"], args["offset"]
     # 1.6: an offset past the end is an empty page, however large; SQLite
     # would refuse an offset beyond 64 bits, so it is never asked.

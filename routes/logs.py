@@ -1,7 +1,7 @@
 """/api/instances/{id}/logs: what happened on an instance."""
 from flask.views import MethodView
 
-from models import InstanceLog, write
+from models import Instance, InstanceLog, write
 from routes.common import (
     Blueprint, children_of, created, get_or_404, list_response, require_instance,
 )
@@ -18,7 +18,8 @@ class InstanceLogs(MethodView):
     @blp.response(200, LogSchema(many=True))
     def get(self, args, instance_id):
         """List an instance's logs, newest first, or oldest first after a cursor."""
-        return list_response(children_of(InstanceLog, instance_id), args)
+        return list_response(children_of(InstanceLog, instance_id), args,
+                             total=log_count(instance_id))
 
     @blp.arguments(LogBatchSchema)
     @blp.response(201, LogOneOrManySchema)
@@ -31,8 +32,8 @@ class InstanceLogs(MethodView):
         with write():
             require_instance(instance_id)
             if isinstance(data, list):
-                return InstanceLog.create_many(instance_id, data)
-            log = InstanceLog.create(instance=instance_id, **data)
+                return InstanceLog.append(instance_id, data)
+            [log] = InstanceLog.append(instance_id, [data])
         return created(log, "logs.InstanceLogById", instance_id=instance_id, log_id=log.id)
 
 
@@ -42,3 +43,7 @@ class InstanceLogById(MethodView):
     def get(self, instance_id, log_id):
         """Fetch one log of an instance."""
         return get_or_404(InstanceLog, log_id, InstanceLog.instance == instance_id)
+
+
+def log_count(instance_id):
+    return Instance.select(Instance.log_count).where(Instance.id == instance_id).scalar()

@@ -476,6 +476,9 @@ def test_a_file_from_the_first_release_is_migrated_keeping_its_rows(build, tmp_p
                      "'2026-11-28 10:00:01.000000', '2026-11-28 10:00:01.000000', "
                      "'01a224b0000070008000000000000001', 'Old goal', NULL, 'objective', "
                      "'in_progress', 5, NULL)")
+        conn.execute("INSERT INTO instance_log VALUES ('01a224b0000070008000000000000003', "
+                     "'2026-11-28 10:00:02.000000', '01a224b0000070008000000000000001', "
+                     "'system', 'info', 'Old line', '{}')")
     conn.close()
     client = build({"DATABASE": str(path)}).test_client()
     plans = "/api/instances/01a224b0-0000-7000-8000-000000000001/plans"
@@ -486,6 +489,9 @@ def test_a_file_from_the_first_release_is_migrated_keeping_its_rows(build, tmp_p
                                      "parent_id": old["id"]})
     assert child.status_code == 201
     assert client.get(f"{plans}?parent_id={old['id']}").headers["X-Total-Count"] == "1"
+    logs = client.get(plans.replace("plans", "logs"))
+    assert [log["message"] for log in logs.get_json()] == ["Old line"]
+    assert logs.headers["X-Total-Count"] == "1"  # the counter added in version 3
     assert schema_version(path) == [(models.SCHEMA_VERSION,)]
 
 
