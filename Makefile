@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint openapi clean
+.PHONY: run test lint openapi bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,15 @@ lint: $(STAMP)
 # The committed description of the API; a test fails when it is stale.
 openapi: $(STAMP)
 	$(BIN)/instance-api openapi openapi.json
+
+# Seeds bench/data (git-ignored; the large size takes a minute the first
+# time), runs the server and the ceilings under wrk, writes bench/RESULTS.md
+# and bench/results.png. Needs wrk: installed with apt-get when missing.
+bench: $(STAMP)
+	command -v wrk >/dev/null || { [ "$$(id -u)" -eq 0 ] && apt-get update -qq && \
+		apt-get install -y -qq wrk >/dev/null; } || { echo "install wrk (apt-get install wrk)"; exit 1; }
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,49 @@
+"""The two ceilings the service is measured against, served by waitress with
+the service's own settings: a bare WSGI callable and a bare Flask route, each
+answering a constant small JSON body.
+
+    python bench/ceilings.py wsgi|flask PORT
+"""
+import sys
+from pathlib import Path
+
+import waitress
+from flask import Flask
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from app import DEFAULTS  # noqa: E402
+
+BODY = b'{"status":"ok"}'
+
+
+def bare_wsgi(environ, start_response):
+    start_response("200 OK", [("Content-Type", "application/json"),
+                              ("Content-Length", str(len(BODY)))])
+    return [BODY]
+
+
+def bare_flask():
+    flask_app = Flask(__name__)
+
+    @flask_app.get("/")
+    def constant():
+        return flask_app.response_class(BODY, mimetype="application/json")
+
+    return flask_app
+
+
+def main(kind, port):
+    application = bare_wsgi if kind == "wsgi" else bare_flask()
+    # The service's waitress settings (app.serve), so only the app differs.
+    server = waitress.create_server(
+        application, host="127.0.0.1", port=int(port), threads=DEFAULTS["THREADS"],
+        channel_timeout=DEFAULTS["CHANNEL_TIMEOUT"],
+        connection_limit=DEFAULTS["CONNECTION_LIMIT"],
+        max_request_header_size=DEFAULTS["MAX_HEADER_BYTES"], ident="ceiling")
+    print(f"Listening on http://127.0.0.1:{server.effective_port}", flush=True)
+    server.run()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

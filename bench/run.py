@@ -1,0 +1,298 @@
+"""The benchmark: the real server (the users' entry point, `python app.py`)
+on seeded datasets, driven by wrk, beside two ceilings on the same waitress
+settings (a bare WSGI callable and a bare Flask route).
+
+    python bench/run.py [--sizes small,large] [--rounds 3] [--seconds 3]
+
+Writes bench/RESULTS.md (medians over rounds), bench/results.png and
+bench/results.json. Targets and concurrencies are interleaved within each
+round, so a slow moment of the machine spreads over all of them.
+"""
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+DATA = HERE / "data"
+CONCURRENCY = (8, 32)
+SITE, USER = "5b0c6b52-3c6b-4a55-8f6e-0d7c3a1e9a01", "9d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6"
+BATCH = 1000
+
+
+def start(argv, env=None):
+    """A server process; returns it with the URL its first line announces."""
+    log = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        log.seek(0)
+        match = re.search(r"Listening on (http://\S+)", log.read())
+        if match:
+            return proc, match.group(1).rstrip("/")
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    log.seek(0)
+    raise SystemExit(f"{argv} did not start:\n{log.read()}")
+
+
+def stop(proc):
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(15)
+
+
+def peak_rss_mb(proc):
+    status = Path(f"/proc/{proc.pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) // 1024
+
+
+def lua(method, body):
+    script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+    script.write(f'wrk.method = "{method}"\n'
+                 'wrk.headers["Content-Type"] = "application/json"\n'
+                 f"wrk.body = {json.dumps(json.dumps(body))}\n")
+    script.close()
+    return script.name
+
+
+def to_ms(text):
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
+    return float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+
+
+def wrk(url, connections, seconds, script=None):
+    argv = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "10s"]
+    if script:
+        argv += ["-s", script]
+    out = subprocess.run([*argv, url], capture_output=True, text=True, check=True).stdout
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50": to_ms(re.search(r"50%\s+(\S+)", out).group(1)),
+        "p99": to_ms(re.search(r"99%\s+(\S+)", out).group(1)),
+        "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
+        "socket_errors": errors.group(1) if errors else "",
+    }
+
+
+def seeded(size):
+    """A fresh working copy of the seeded dataset (seeding once per size)."""
+    DATA.mkdir(exist_ok=True)
+    pristine = DATA / f"{size}.seed.db"
+    if not pristine.exists():
+        subprocess.run([sys.executable, str(HERE / "seed.py"), size, str(pristine)], check=True)
+    work = DATA / f"{size}.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{work}{suffix}").unlink(missing_ok=True)
+    shutil.copyfile(pristine, work)
+    return work
+
+
+def pick(work):
+    """Ids the targets use, read from the dataset."""
+    db = sqlite3.connect(work)
+    hot, hot_logs = db.execute("SELECT instance_id, COUNT(*) FROM instance_log GROUP BY "
+                               "instance_id ORDER BY 2 DESC LIMIT 1").fetchone()
+    other = db.execute("SELECT id FROM instance WHERE id != ? ORDER BY created_at LIMIT 1 "
+                       "OFFSET 10", (hot,)).fetchone()[0]
+    site = db.execute("SELECT site_id FROM instance ORDER BY created_at LIMIT 1").fetchone()[0]
+    cursors = db.execute("SELECT id FROM instance_log WHERE instance_id = ? "
+                         "ORDER BY created_at, id", (hot,)).fetchall()
+    db.close()
+    canonical = [str(uuid_of(value)) for value in (hot, other, site)]
+    # The first page, and the last full page: depth hot_logs (100,000 at the
+    # large size).
+    return (*canonical, str(uuid_of(cursors[0][0])), str(uuid_of(cursors[-51][0])), hot_logs)
+
+
+def uuid_of(text):
+    import uuid
+    return uuid.UUID(text)
+
+
+def targets(api, hot, other, site, first, deep, depth):
+    log = {"log_type": "agent_action", "message": "clicked the button", "details": {"x": 1}}
+    return {
+        "get_one": (f"{api}/api/instances/{other}", None, 1),
+        "list_filtered": (f"{api}/api/instances?site_id={site}&status=running&limit=50", None, 1),
+        "list_logs": (f"{api}/api/instances/{hot}/logs?limit=50", None, 1),
+        "create_instance": (f"{api}/api/instances",
+                            lua("POST", {"site_id": SITE, "user_id": USER, "name": "bench"}), 1),
+        "append_log": (f"{api}/api/instances/{other}/logs", lua("POST", log), 1),
+        "batch_ingest": (f"{api}/api/instances/{other}/logs", lua("POST", [log] * BATCH), BATCH),
+        "tail_depth_0": (f"{api}/api/instances/{hot}/logs?after={first}&limit=50", None, 1),
+        f"tail_depth_{depth}": (f"{api}/api/instances/{hot}/logs?after={deep}&limit=50",
+                                None, 1),
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="small,large")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=3)
+    args = parser.parse_args(argv)
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is not installed: apt-get install wrk (make bench does it)")
+
+    ceilings = {kind: start([sys.executable, str(HERE / "ceilings.py"), kind, "0"])
+                for kind in ("wsgi", "flask")}
+    samples, rss = [], {}
+    try:
+        for size in args.sizes.split(","):
+            work = seeded(size)
+            hot, other, site, first, deep, depth = pick(work)
+            proc, api = start([sys.executable, "app.py", "--port", "0", "--db", str(work)])
+            try:
+                plan = targets(api, hot, other, site, first, deep, depth)
+                plan["ceiling_wsgi"] = (ceilings["wsgi"][1] + "/", None, 1)
+                plan["ceiling_flask"] = (ceilings["flask"][1] + "/", None, 1)
+                for round_no in range(args.rounds):
+                    for op, (url, script, rows) in plan.items():
+                        for connections in CONCURRENCY:
+                            result = wrk(url, connections, args.seconds, script)
+                            samples.append({"size": size, "op": op, "c": connections,
+                                            "round": round_no, "rows": rows, **result})
+                            print(f"{size:5} {op:16} c={connections:<2} round {round_no}: "
+                                  f"{result['rps']:8.1f} req/s p99 {result['p99']:.1f} ms",
+                                  flush=True)
+                rss[size] = peak_rss_mb(proc)
+            finally:
+                stop(proc)
+    finally:
+        for proc, _ in ceilings.values():
+            stop(proc)
+    report(samples, rss, args)
+
+
+def medians(samples):
+    table = {}
+    for sample in samples:
+        table.setdefault((sample["size"], sample["op"], sample["c"]), []).append(sample)
+    return {key: {
+        "rps": statistics.median(s["rps"] for s in runs),
+        "p50": statistics.median(s["p50"] for s in runs),
+        "p99": statistics.median(s["p99"] for s in runs),
+        "non_2xx": sum(s["non_2xx"] for s in runs),
+        "rows": runs[0]["rows"],
+    } for key, runs in table.items()}
+
+
+def report(samples, rss, args):
+    table = medians(samples)
+    (HERE / "results.json").write_text(json.dumps({"samples": samples, "peak_rss_mb": rss},
+                                                  indent=1))
+    machine = (f"{platform.node()}: {os.cpu_count()} CPUs, {platform.machine()}, "
+               f"Python {platform.python_version()}, load generator (wrk -t2) on the same host")
+    lines = [
+        "# Benchmark results", "",
+        f"One run of `make bench` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
+        f"{machine}. {args.rounds} rounds of {args.seconds} s per cell, medians; "
+        "the ceilings ran in the same rounds on the same waitress settings "
+        "(8 threads).", "",
+        "![req/s per operation](results.png)", "",
+        "| size | operation | conc. | req/s | rows/s | p50 ms | p99 ms | non-2xx "
+        "| x bare Flask |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (size, op, c), cell in sorted(table.items()):
+        ceiling = table[(size, "ceiling_flask", c)]["rps"]
+        lines.append(
+            f"| {size} | {op} | {c} | {cell['rps']:.0f} | {cell['rps'] * cell['rows']:.0f} "
+            f"| {cell['p50']:.1f} | {cell['p99']:.1f} | {cell['non_2xx']} "
+            f"| {cell['rps'] / ceiling:.2f} |")
+    lines += ["", "Peak RSS of the service: " + ", ".join(
+        f"{size} {mb} MB" for size, mb in rss.items()), ""]
+    lines += targets_met(table, rss)
+    (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
+    chart(table)
+    print("\n".join(lines))
+
+
+def targets_met(table, rss):
+    """The issue's ratios, checked on this run's medians."""
+    checks = []
+    sizes = sorted({size for size, _, _ in table})
+
+    def ratio(size, op, c):
+        return table[(size, op, c)]["rps"] / table[(size, "ceiling_flask", c)]["rps"]
+
+    for size in sizes:
+        for c in CONCURRENCY:
+            checks.append((f"{size} c={c}: get_one >= 0.6 x ceiling",
+                           ratio(size, "get_one", c), 0.6))
+            for op in ("list_filtered", "list_logs"):
+                checks.append((f"{size} c={c}: {op} >= 0.25 x ceiling", ratio(size, op, c),
+                               0.25))
+            for op in ("create_instance", "append_log"):
+                checks.append((f"{size} c={c}: {op} >= 0.5 x ceiling", ratio(size, op, c),
+                               0.5))
+            checks.append((f"{size} c={c}: batch_ingest >= 20,000 logs/s",
+                           table[(size, "batch_ingest", c)]["rps"] * BATCH, 20_000))
+            deep = next(op for s, op, _ in table
+                        if s == size and op.startswith("tail_depth_") and op != "tail_depth_0")
+            checks.append((f"{size} c={c}: {deep} within 1.2 x tail_depth_0 (ratio <= 1.2)",
+                           table[(size, "tail_depth_0", c)]["rps"] * 1.2
+                           / table[(size, deep, c)]["rps"], 1.0))
+    if "small" in sizes and "large" in sizes:
+        for c in CONCURRENCY:
+            for op in ("list_filtered", "list_logs"):
+                checks.append((f"c={c}: {op} large >= 0.8 x small",
+                               table[("large", op, c)]["rps"] / table[("small", op, c)]["rps"],
+                               0.8))
+    zero = all(table[(size, op, 32)]["non_2xx"] == 0 for size in sizes
+               for op in ("create_instance", "append_log"))
+    lines = ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
+    for name, value, floor in checks:
+        lines.append(f"| {name} | {value:.2f} | {'yes' if value >= floor else '**no**'} |")
+    lines.append(f"| zero non-2xx for create/append at c=32 | {zero} | "
+                 f"{'yes' if zero else '**no**'} |")
+    for size, mb in rss.items():
+        met = "yes" if mb <= 100 else "**no**"
+        lines.append(f"| peak RSS {size} <= 100 MB | {mb} MB | {met} |")
+    return lines
+
+
+def chart(table):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted({size for size, _, _ in table})
+    ops = [op for op in dict.fromkeys(op for _, op, _ in sorted(table, key=lambda k: k[1]))
+           if not op.startswith("ceiling")]
+    fig, axes = plt.subplots(len(CONCURRENCY), 1, figsize=(12, 4.5 * len(CONCURRENCY)))
+    for ax, c in zip(axes, CONCURRENCY):
+        width = 0.8 / len(sizes)
+        for i, size in enumerate(sizes):
+            values = [table.get((size, op, c), {}).get("rps", 0) for op in ops]
+            ax.bar([x + i * width for x in range(len(ops))], values, width, label=size)
+            for kind, style in (("ceiling_flask", "--"), ("ceiling_wsgi", ":")):
+                ax.axhline(table[(size, kind, c)]["rps"], linestyle=style, linewidth=1,
+                           color=f"C{i}", label=f"{kind} ({size})")
+        ax.set_xticks([x + width * (len(sizes) - 1) / 2 for x in range(len(ops))], ops,
+                      rotation=20)
+        ax.set_ylabel("requests/s (median)")
+        ax.set_title(f"concurrency {c}")
+        ax.legend(fontsize=8, ncol=3)
+    fig.tight_layout()
+    fig.savefig(HERE / "results.png", dpi=90)
+
+
+if __name__ == "__main__":
+    main()

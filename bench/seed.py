@@ -1,0 +1,88 @@
+"""Deterministic datasets for the benchmark, written through the models in
+bulk (one transaction per 10,000 rows), not over HTTP: a million logs over
+HTTP would take longer than the benchmark itself.
+
+    python bench/seed.py small bench/small.db
+    python bench/seed.py large bench/large.db
+
+small: 1,000 instances / 10,000 logs; large: 100,000 instances / 1,000,000
+logs. One hot instance holds a tenth of the logs; the rest are spread over
+the other instances. About 40% of instances are `running`; they belong to
+size/250 sites.
+"""
+import random
+import sys
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import models  # noqa: E402
+
+SIZES = {"small": (1_000, 10_000), "large": (100_000, 1_000_000)}
+CHUNK = 10_000
+STATUSES = ("pending", "starting", "paused", "stopping", "stopped", "terminated", "error")
+
+
+def seed(size, path):
+    instances, logs = SIZES[size]
+    rng = random.Random(42)
+    models.db.initialize(models.open_sqlite(str(path)))
+    models.create_tables()
+    sites = [uuid.UUID(int=rng.getrandbits(128), version=4)
+             for _ in range(max(1, instances // 250))]
+    start = models.utcnow() - timedelta(days=30)
+    step = timedelta(days=30) / (instances + logs)
+    clock = iter(start + step * n for n in range(instances + logs))
+
+    ids = []
+    for offset in range(0, instances, CHUNK):
+        rows = []
+        for n in range(offset, min(offset + CHUNK, instances)):
+            moment = next(clock)
+            ids.append(models.uuid7())
+            rows.append({
+                "id": ids[-1], "created_at": moment, "updated_at": moment,
+                "site_id": sites[n % len(sites)],
+                "user_id": uuid.UUID(int=rng.getrandbits(128), version=4),
+                "name": f"instance-{n}", "instance_type": ("ubuntu", "browser", "windows")[n % 3],
+                # 40% running, the rest spread over the other statuses.
+                "status": "running" if rng.random() < 0.4 else rng.choice(STATUSES),
+                "agent_id": None, "configuration": {"cpu": 2}, "environment_variables": {},
+            })
+        with models.db.atomic():
+            models.Instance.insert_many(rows).execute()
+
+    hot = ids[0]
+    levels = models.LOG_LEVELS
+    for offset in range(0, logs, CHUNK):
+        rows = []
+        for n in range(offset, min(offset + CHUNK, logs)):
+            rows.append({
+                "id": models.uuid7(), "created_at": next(clock),
+                # Every tenth log goes to the hot instance.
+                "instance": hot if n % 10 == 0 else ids[rng.randrange(1, len(ids))],
+                "log_type": "agent_action", "level": levels[rng.randrange(len(levels))],
+                "message": f"step {n}: clicked the button", "details": {"n": n},
+            })
+        with models.db.atomic():
+            models.InstanceLog.insert_many(rows).execute()
+    models.recount_logs()
+    models.db.close_all()
+    return hot
+
+
+def main(argv):
+    size, path = argv
+    path = Path(path)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    started = time.monotonic()
+    hot = seed(size, path)
+    print(f"seeded {size} into {path} in {time.monotonic() - started:.0f} s; hot instance {hot}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
