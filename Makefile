@@ -5,12 +5,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint openapi bench clean
+.PHONY: run test test-postgres lint openapi bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,postgres]'
 	touch $@
 
 run: $(STAMP)
@@ -19,6 +19,14 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/flake8
 	$(BIN)/python -m pytest --cov --cov-report=term-missing:skip-covered
+
+# The whole suite again on PostgreSQL (a schema per test). Fails, rather than
+# skips, when the server does not answer.
+POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
+test-postgres: $(STAMP)
+	$(BIN)/python -c "import psycopg, sys; psycopg.connect(sys.argv[1], connect_timeout=5).close()" \
+		'$(POSTGRES_URL)' || { echo "PostgreSQL does not answer at $(POSTGRES_URL)"; exit 1; }
+	INSTANCES_TEST_DATABASE_URL='$(POSTGRES_URL)' $(BIN)/python -m pytest
 
 lint: $(STAMP)
 	$(BIN)/flake8

@@ -6,11 +6,13 @@ import logging
 import os
 import re
 import signal
+import socket
 import sqlite3
 import sys
 import threading
 import time
 import uuid
+from urllib.parse import urlsplit
 
 import flask_smorest
 import orjson
@@ -35,9 +37,11 @@ access_log = logging.getLogger("instance_api.access")
 
 DEFAULTS = {
     "DATABASE": "instances.db",
+    "DATABASE_URL": "",
     "HOST": "127.0.0.1",
     "PORT": 8080,
     "THREADS": 8,
+    "WORKERS": 1,
     "MAX_BODY_BYTES": 1 << 20,
     "MAX_HEADER_BYTES": 64 << 10,
     "BUSY_TIMEOUT": 5.0,
@@ -139,10 +143,15 @@ def describe(error):
     return error.description
 
 
-# SQLite errors that mean "not now" rather than "bug": the lock is held by
+# Database errors that mean "not now" rather than "bug": the lock is held by
 # another process, or the file cannot take writes (read-only, disk full, I/O).
 UNAVAILABLE = ("locked", "busy", "readonly", "read-only", "disk is full", "disk i/o",
-               "unable to open")
+               "unable to open",
+               # PostgreSQL: a lock wait past lock_timeout, a lost race, a
+               # server that is down or restarting.
+               "lock timeout", "could not serialize", "deadlock detected",
+               "could not connect", "connection refused", "server closed the connection",
+               "terminating connection", "connection failed")
 
 
 def handle_database_error(exc):
@@ -160,7 +169,8 @@ def handle_database_error(exc):
     reason = matching[0] if matching else causes[0]
     log.warning("Database unavailable for %s %s (request %s): %s",
                 request.method, request.path, g.get("request_id"), reason)
-    busy = isinstance(exc, models.WriterBusy) or "lock" in reason or "busy" in reason
+    busy = isinstance(exc, models.WriterBusy) or any(
+        word in reason for word in ("lock", "busy", "serialize", "deadlock"))
     return problem(ServiceUnavailable(
         description=f"The database cannot take this request now ({reason}); "
                     "nothing was written. Retry later.",
@@ -205,14 +215,15 @@ def positive(kind):
 
 
 SETTING_TYPES = {
-    "DATABASE": str, "HOST": str, "PORT": int, "THREADS": positive(int),
+    "DATABASE": str, "DATABASE_URL": str, "HOST": str, "PORT": int,
+    "THREADS": positive(int), "WORKERS": positive(int),
     "MAX_BODY_BYTES": positive(int), "MAX_HEADER_BYTES": positive(int),
     "BUSY_TIMEOUT": positive(float), "SYNCHRONOUS": synchronous,
     "CHANNEL_TIMEOUT": positive(int), "CONNECTION_LIMIT": positive(int),
     "CHECKPOINT_INTERVAL": positive(float), "API_TOKENS": str, "API_TOKENS_FILE": str,
     "ALLOW_OPEN_NETWORK": flag,
 }
-SECRET = ("API_TOKENS",)  # never repeated in an error message
+SECRET = ("API_TOKENS", "DATABASE_URL")  # may hold secrets: never repeated in a message
 
 
 def coerce_settings(config):
@@ -237,6 +248,23 @@ def coerce_settings(config):
                          "no token")
 
 
+def database_target(config):
+    """DATABASE_URL when set (SQLite or PostgreSQL), else the SQLite file."""
+    return config["DATABASE_URL"] or config["DATABASE"]
+
+
+def shown_database(config):
+    """The database for a log line: a file's absolute path, or a URL
+    without its password."""
+    target = database_target(config)
+    if "://" not in target:
+        return os.path.abspath(target)
+    parts = urlsplit(target)
+    if parts.password:
+        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@"))
+    return parts.geturl()
+
+
 def create_app(config=None):
     """Build the app: defaults, then INSTANCES_* variables, then `config`."""
     app = Flask(__name__, static_folder=None)
@@ -246,8 +274,8 @@ def create_app(config=None):
     app.config.update(config or {})
     coerce_settings(app.config)
 
-    models.db.initialize(models.open_sqlite(
-        app.config["DATABASE"], busy_timeout=app.config["BUSY_TIMEOUT"],
+    models.db.initialize(models.open_database(
+        database_target(app.config), busy_timeout=app.config["BUSY_TIMEOUT"],
         synchronous=app.config["SYNCHRONOUS"]))
     models.create_tables()
     if app.config["DATABASE"] != ":memory:":
@@ -336,14 +364,19 @@ def parse_args(argv):
         prog="instance-api",
         description="Serve the Instance Management API with waitress. Flags override "
                     "the INSTANCES_* environment variables.",
-        epilog="Other commands: `instance-api openapi [FILE]` writes the OpenAPI "
+        epilog="`instance-api serve [flags]` is the same as `instance-api [flags]`. Other "
+               "commands: `instance-api openapi [FILE]` writes the OpenAPI "
                "document; `instance-api backup PATH` copies the database while it is "
                "in use.")
     parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on, 0 for any free one "
                                                  "(default 8080)")
-    parser.add_argument("--threads", type=int, help="worker threads (default 8)")
+    parser.add_argument("--threads", type=int, help="worker threads per process (default 8)")
+    parser.add_argument("--workers", type=int,
+                        help="server processes sharing the port (default 1)")
     parser.add_argument("--db", dest="database", help="SQLite file (default instances.db)")
+    parser.add_argument("--database-url", help="sqlite:///PATH or "
+                        "postgresql://USER@HOST:PORT/DB (wins over --db)")
     parser.add_argument("--allow-open-network", action="store_true", default=None,
                         help="serve on a non-loopback address without API tokens, "
                              "on purpose")
@@ -352,10 +385,11 @@ def parse_args(argv):
 
 
 def main(argv=None):
-    """`instance-api [flags]` serves; `instance-api openapi [FILE]` writes the
-    API's OpenAPI document; `instance-api backup PATH` copies the database."""
+    """`instance-api [serve] [flags]` serves; `instance-api openapi [FILE]`
+    writes the API's OpenAPI document; `instance-api backup PATH` copies the
+    database."""
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"openapi": write_openapi, "backup": backup}
+    commands = {"serve": serve, "openapi": write_openapi, "backup": backup}
     if argv[:1] and argv[0] in commands:
         return commands[argv[0]](argv[1:])
     return serve(argv)
@@ -381,34 +415,54 @@ def write_openapi(argv):
 
 def serve(argv):
     """Serve the app with waitress until SIGTERM or Ctrl-C, then finish the
-    requests in flight and exit 0."""
+    requests in flight and exit 0. With --workers N, N processes share one
+    listening socket."""
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         app = create_app(parse_args(argv))
         cfg = app.config
         refuse_open_network(cfg)
-        server = waitress.create_server(
-            app, host=cfg["HOST"], port=cfg["PORT"], threads=cfg["THREADS"],
-            # A backstop only: Flask answers oversized bodies first, as problem JSON.
-            max_request_body_size=cfg["MAX_CONTENT_LENGTH"] + (64 << 10),
-            max_request_header_size=cfg["MAX_HEADER_BYTES"],
-            # An idle or stalled connection (a slowloris) is dropped after this
-            # many seconds, and no more than this many are held at once.
-            channel_timeout=cfg["CHANNEL_TIMEOUT"], connection_limit=cfg["CONNECTION_LIMIT"],
-            # waitress looks for timed-out connections every cleanup_interval
-            # (30 s by default), which would stretch a short channel_timeout.
-            cleanup_interval=max(1, min(30, cfg["CHANNEL_TIMEOUT"] // 2)),
-            ident="instance-api",
-        )
+        if cfg["WORKERS"] == 1:
+            server = make_server(app, host=cfg["HOST"], port=cfg["PORT"])
+        else:
+            listener = bind(cfg["HOST"], cfg["PORT"])
     # A bad setting, a taken port, an unwritable file, a file from a newer server.
     except (ValueError, OSError, DatabaseError, models.SchemaTooNew, models.DatabaseUnfit) as exc:
         log.error("Cannot start: %s", exc)
         return 2
-    server.channel_class = ProblemChannel
-    log.info("Listening on http://%s:%s with database %s", server.effective_host,
-             server.effective_port, os.path.abspath(cfg["DATABASE"]))
+    if cfg["WORKERS"] == 1:
+        log.info("Listening on http://%s:%s with database %s", server.effective_host,
+                 server.effective_port, shown_database(cfg))
+        return run(server, cfg)
+    host, port = listener.getsockname()[:2]
+    log.info("Listening on http://%s:%s with database %s (%d worker processes)",
+             host, port, shown_database(cfg), cfg["WORKERS"])
+    return prefork(app, listener, cfg["WORKERS"])
 
+
+def make_server(app, **where):
+    """waitress with the service's settings, on host/port or on `sockets`."""
+    cfg = app.config
+    server = waitress.create_server(
+        app, threads=cfg["THREADS"],
+        # A backstop only: Flask answers oversized bodies first, as problem JSON.
+        max_request_body_size=cfg["MAX_CONTENT_LENGTH"] + (64 << 10),
+        max_request_header_size=cfg["MAX_HEADER_BYTES"],
+        # An idle or stalled connection (a slowloris) is dropped after this
+        # many seconds, and no more than this many are held at once.
+        channel_timeout=cfg["CHANNEL_TIMEOUT"], connection_limit=cfg["CONNECTION_LIMIT"],
+        # waitress looks for timed-out connections every cleanup_interval
+        # (30 s by default), which would stretch a short channel_timeout.
+        cleanup_interval=max(1, min(30, cfg["CHANNEL_TIMEOUT"] // 2)),
+        ident="instance-api", **where,
+    )
+    server.channel_class = ProblemChannel
+    return server
+
+
+def run(server, cfg):
+    """The serving loop of one process, until SIGTERM or SIGINT."""
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda signum, frame: stopping.set())
@@ -423,6 +477,62 @@ def serve(argv):
         server.close()
         server.task_dispatcher.shutdown(timeout=1)
         models.db.close_all()
+    log.info("Stopped")
+    return 0
+
+
+def bind(host, port):
+    """A listening socket made before the workers fork, so they share it and
+    the kernel spreads connections over them."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    listener = socket.socket(family, kind, proto)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(address)
+    listener.listen(1024)
+    return listener
+
+
+def prefork(app, listener, workers):
+    """Fork `workers` serving processes on `listener` and watch them: one that
+    dies is replaced; SIGTERM or SIGINT is passed on, and each worker
+    finishes its requests in flight before the parent exits 0."""
+    # No connection may cross the fork: each worker opens its own.
+    models.db.close_all()
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda signum, frame: stopping.set())
+
+    def spawn():
+        pid = os.fork()
+        if pid == 0:  # the worker
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, signal.SIG_DFL)
+            code = 1
+            try:
+                code = run(make_server(app, sockets=[listener]), app.config)
+            finally:
+                os._exit(code)
+        return pid
+
+    children = {spawn() for _ in range(workers)}
+    while not stopping.is_set():
+        stopping.wait(0.2)
+        pid, status = os.waitpid(-1, os.WNOHANG)
+        if pid and not stopping.is_set():
+            log.warning("Worker %d exited (status %d); starting another", pid, status)
+            children.discard(pid)
+            children.add(spawn())
+    for pid in children:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while children and time.monotonic() < deadline:
+        pid, _ = os.waitpid(-1, os.WNOHANG)
+        children.discard(pid)
+        time.sleep(0.05)
+    for pid in children:
+        os.kill(pid, signal.SIGKILL)
+    listener.close()
     log.info("Stopped")
     return 0
 
@@ -483,6 +593,13 @@ def backup(argv):
                                      "or instances.db)")
     args = parser.parse_args(argv)
     source = args.db or os.environ.get("INSTANCES_DATABASE") or DEFAULTS["DATABASE"]
+    url = os.environ.get("INSTANCES_DATABASE_URL", "")
+    if not args.db and url.startswith(("postgresql://", "postgres://")):
+        print("Backup failed: this command copies a SQLite file; back up PostgreSQL with its "
+              "own tools (pg_dump, or the managed service's snapshots)", file=sys.stderr)
+        return 1
+    if not args.db and url.startswith("sqlite:///"):
+        source = url[len("sqlite:///"):]
     try:
         pages = models.backup(source, args.path, progress=report_progress)
     except (OSError, sqlite3.Error, models.BackupFailed) as exc:

@@ -2,6 +2,11 @@
 
 Models hold storage facts (types, nullability, indexes, foreign keys) and the
 small queries the routes need. Input rules live in schemas.py only.
+
+Two engines: SQLite (one file, the default) and PostgreSQL (several server
+processes and hosts). What differs between them is in this module only:
+opening the database, timestamps on the wire, case-insensitive search, row
+locks and key locks.
 """
 import os
 import sqlite3
@@ -16,8 +21,10 @@ from peewee import (
     SQL, Case, DatabaseProxy, DateTimeField, ForeignKeyField, IntegerField, JSONField, Model,
     TextField, UUIDField, fn,
 )
+from urllib.parse import parse_qs, urlsplit
+
 from playhouse.migrate import SchemaMigrator, migrate
-from playhouse.pool import PooledSqliteDatabase
+from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
 
 db = DatabaseProxy()
 
@@ -86,6 +93,20 @@ class Writer:
             self.lock.release()
 
 
+def open_database(target, busy_timeout=5.0, synchronous="NORMAL"):
+    """The database named by `target`: a URL (sqlite:///PATH, where
+    sqlite:////srv/x.db is absolute; postgresql://USER@HOST:PORT/DB) or a
+    plain SQLite file path."""
+    if target.startswith(("postgresql://", "postgres://")):
+        return open_postgres(target, busy_timeout)
+    if target.startswith("sqlite:///"):
+        target = target[len("sqlite:///"):]
+    elif "://" in target:
+        raise ValueError(f"unsupported database URL {target.split('://')[0]}://...; use "
+                         "sqlite:///PATH or postgresql://USER@HOST:PORT/DB")
+    return open_sqlite(target, busy_timeout, synchronous)
+
+
 def open_sqlite(path, busy_timeout=5.0, synchronous="NORMAL"):
     """A pooled SQLite database: each request borrows a connection and gives
     it back at teardown, so pragmas run once per connection, not per request.
@@ -100,10 +121,51 @@ def open_sqlite(path, busy_timeout=5.0, synchronous="NORMAL"):
         max_connections=None, check_same_thread=False,
     )
     database.writer = Writer(busy_timeout)
+    database.text_timestamps = True
     # SQLite's own lower() and LIKE fold ASCII only; `q` should find "Écran"
     # with "écran" too.
     database.register_function(_casefold, "casefold", 1, deterministic=True)
     return database
+
+
+def open_postgres(url, busy_timeout=5.0):
+    """A pooled PostgreSQL database (psycopg 3). Sessions run in UTC, and a
+    write that waits on a row lock longer than the busy timeout fails, as a
+    503 like SQLite's busy lock. Timestamps are TIMESTAMPTZ."""
+    query = parse_qs(urlsplit(url).query)
+    options = " ".join([*query.get("options", []), "-c timezone=UTC",
+                        f"-c lock_timeout={int(busy_timeout * 1000)}"])
+    database = PooledPostgresqlDatabase(
+        url, prefer_psycopg3=True, max_connections=None, stale_timeout=300,
+        field_types={"DATETIME": "TIMESTAMPTZ"}, options=options,
+    )
+    database.writer = Writer(busy_timeout)
+    database.text_timestamps = False
+    # jsonb keeps numbers as NUMERIC and writes 1e20 back as 100000000000000000000;
+    # psycopg's default loader (json) would make that an int wider than 64
+    # bits, which orjson cannot write. orjson reads it as the float it was.
+    from psycopg.types.json import set_json_loads
+    set_json_loads(orjson.loads)
+    return database
+
+
+def is_sqlite():
+    return isinstance(db.obj, PooledSqliteDatabase)
+
+
+def for_write(query):
+    """`query` locking its rows until the write transaction ends, where the
+    engine has row locks (PostgreSQL). SQLite's IMMEDIATE transaction already
+    holds the whole file."""
+    return query.for_update() if db.for_update else query
+
+
+def lock_key(text):
+    """Serialize the transactions that use one key (an Idempotency-Key), across
+    processes: a PostgreSQL advisory lock until the transaction ends. On
+    SQLite the IMMEDIATE write lock already does it."""
+    if not is_sqlite():
+        db.execute_sql("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (text,))
 
 
 def _casefold(text):
@@ -117,8 +179,11 @@ def write():
 
 
 def contains_folded(field, text):
-    """`field` contains `text`, ignoring case (Unicode-aware)."""
-    return fn.instr(fn.casefold(field), text.casefold()) > 0
+    """`field` contains `text`, ignoring case (Unicode-aware on both engines;
+    PostgreSQL's lower() follows the database's locale)."""
+    if is_sqlite():
+        return fn.instr(fn.casefold(field), text.casefold()) > 0
+    return fn.strpos(fn.lower(field), text.lower()) > 0
 
 
 _uuid7_lock = threading.Lock()
@@ -146,7 +211,8 @@ def utcnow():
 
 
 class UTCDateTimeField(DateTimeField):
-    """Aware UTC datetimes, stored as fixed-width naive UTC text.
+    """Aware UTC datetimes: TIMESTAMPTZ on PostgreSQL; fixed-width naive UTC
+    text on SQLite.
 
     Fixed width keeps text order equal to time order, so indexes sort by time;
     fromisoformat is much cheaper than peewee's format guessing on every row.
@@ -154,16 +220,18 @@ class UTCDateTimeField(DateTimeField):
 
     def db_value(self, value):
         if isinstance(value, datetime):
-            if value.tzinfo is not None:
-                value = value.astimezone(timezone.utc).replace(tzinfo=None)
-            return value.isoformat(" ", "microseconds")
+            value = (value.astimezone(timezone.utc) if value.tzinfo is not None
+                     else value.replace(tzinfo=timezone.utc))
+            if db.text_timestamps:
+                return value.replace(tzinfo=None).isoformat(" ", "microseconds")
         return value
 
     def python_value(self, value):
         if isinstance(value, str):
             return datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
-        if isinstance(value, datetime) and value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
+        if isinstance(value, datetime):
+            return (value.replace(tzinfo=timezone.utc) if value.tzinfo is None
+                    else value.astimezone(timezone.utc))
         return value
 
 
@@ -436,6 +504,8 @@ def create_tables():
 def verify_wal():
     """Refuse a database where WAL could not be enabled (a network file
     system, a read-only directory): readers would block the writer."""
+    if not is_sqlite():
+        return
     with db.connection_context():
         mode = db.execute_sql("PRAGMA journal_mode").fetchone()[0]
     if mode != "wal":

@@ -43,6 +43,27 @@ class Pattern(validate.Regexp):
         return value
 
 
+def sorted_keys(value):
+    """`value` with the keys of every object in it sorted."""
+    if isinstance(value, dict):
+        return {key: sorted_keys(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [sorted_keys(item) for item in value]
+    return value
+
+
+class JSONObject(fields.Dict):
+    """A JSON object, written out with its keys sorted at every depth.
+
+    PostgreSQL's jsonb does not keep key order, so without this a resource
+    read back would differ from the one just written (and so would its
+    ETag), and the two engines would answer differently. Inputs nest at most
+    64 levels (routes/common.py), well within recursion limits."""
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return sorted_keys(super()._serialize(value, attr, obj, **kwargs))
+
+
 def Slug(**kwargs):
     return fields.String(
         validate=Pattern(SLUG, error="Must be a lower-case slug matching {regex}."), **kwargs)
@@ -172,8 +193,8 @@ class InstanceSchema(Schema):
     instance_type = Enum(INSTANCE_TYPES)
     status = Enum(INSTANCE_STATUSES)
     agent_id = fields.UUID(allow_none=True)
-    configuration = fields.Dict(keys=fields.String())
-    environment_variables = fields.Dict(
+    configuration = JSONObject(keys=fields.String())
+    environment_variables = JSONObject(
         keys=fields.String(validate=Pattern(ENV_KEY, error="Variable names must match {regex}.")),
         values=fields.String())
     created_at = fields.DateTime(dump_only=True)
@@ -229,7 +250,7 @@ class LogSchema(Schema):
     log_type = Slug()
     level = Enum(LOG_LEVELS)
     message = fields.String(validate=validate.Length(1, 65536))
-    details = fields.Dict(keys=fields.String())
+    details = JSONObject(keys=fields.String())
     created_at = fields.DateTime(dump_only=True)
 
     EXAMPLE = {

@@ -3,10 +3,13 @@ on seeded datasets, driven by wrk, beside two ceilings on the same waitress
 settings (a bare WSGI callable and a bare Flask route).
 
     python bench/run.py [--sizes small,large] [--rounds 3] [--seconds 3]
+    python bench/run.py --scaling [--postgres-url postgresql://...]
 
 Writes bench/RESULTS.md (medians over rounds), bench/results.png and
-bench/results.json. Targets and concurrencies are interleaved within each
-round, so a slow moment of the machine spreads over all of them.
+bench/results.json; with --scaling, bench/SCALING.md: GET-by-id and POST-log
+with 1 and 2 worker processes on SQLite and on PostgreSQL. Targets and
+concurrencies are interleaved within each round, so a slow moment of the
+machine spreads over all of them.
 """
 import argparse
 import json
@@ -148,9 +151,14 @@ def main(argv=None):
     parser.add_argument("--sizes", default="small,large")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=3)
+    parser.add_argument("--scaling", action="store_true",
+                        help="compare 1 and 2 workers on both engines instead")
+    parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args(argv)
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed: apt-get install wrk (make bench does it)")
+    if args.scaling:
+        return scaling(args)
 
     ceilings = {kind: start([sys.executable, str(HERE / "ceilings.py"), kind, "0"])
                 for kind in ("wsgi", "flask")}
@@ -180,6 +188,68 @@ def main(argv=None):
         for proc, _ in ceilings.values():
             stop(proc)
     report(samples, rss, args)
+
+
+def scaling(args):
+    """GET-by-id and POST-log at concurrency 32 with 1 and 2 worker processes,
+    on a fresh SQLite file and a fresh PostgreSQL database, rounds interleaved."""
+    import psycopg
+
+    DATA.mkdir(exist_ok=True)
+    base = args.postgres_url.rsplit("/", 1)[0]
+    with psycopg.connect(args.postgres_url, autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS instances_bench")
+        conn.execute("CREATE DATABASE instances_bench")
+    sqlite_file = DATA / "scaling.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{sqlite_file}{suffix}").unlink(missing_ok=True)
+    engines = {"sqlite": ["--db", str(sqlite_file)],
+               "postgresql": ["--database-url", f"{base}/instances_bench"]}
+    log = {"log_type": "agent_action", "message": "clicked the button"}
+    post_log = lua("POST", log)
+    samples = []
+    for round_no in range(args.rounds):
+        for engine, where in engines.items():
+            for workers in (1, 2):
+                proc, api = start([sys.executable, "app.py", "--port", "0",
+                                   "--workers", str(workers), *where])
+                try:
+                    instance = create_one(api)
+                    for op, url, script in (
+                            ("get_one", f"{api}/api/instances/{instance}", None),
+                            ("append_log", f"{api}/api/instances/{instance}/logs", post_log)):
+                        result = wrk(url, 32, args.seconds, script)
+                        samples.append({"engine": engine, "workers": workers, "op": op,
+                                        "round": round_no, **result})
+                        print(f"{engine:10} workers={workers} {op:10} round {round_no}: "
+                              f"{result['rps']:8.1f} req/s", flush=True)
+                finally:
+                    stop(proc)
+    lines = ["# Workers and engines", "",
+             f"`python bench/run.py --scaling` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} "
+             f"UTC, {os.cpu_count()} CPUs, wrk -t2 -c32 on the same host, {args.rounds} rounds "
+             f"of {args.seconds} s, medians. PostgreSQL {args.postgres_url.split('@')[-1]} "
+             "on the same host.", "",
+             "| operation | engine | 1 worker req/s | 2 workers req/s | non-2xx |",
+             "|---|---|---|---|---|"]
+    for op in ("get_one", "append_log"):
+        for engine in engines:
+            cells = [statistics.median(x["rps"] for x in samples if x["op"] == op
+                                       and x["engine"] == engine and x["workers"] == w)
+                     for w in (1, 2)]
+            errors = sum(x["non_2xx"] for x in samples if x["op"] == op and x["engine"] == engine)
+            lines.append(f"| {op} | {engine} | {cells[0]:.0f} | {cells[1]:.0f} | {errors} |")
+    (HERE / "SCALING.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def create_one(api):
+    import urllib.request
+    request = urllib.request.Request(
+        f"{api}/api/instances", method="POST", headers={"Content-Type": "application/json"},
+        data=json.dumps({"site_id": SITE, "user_id": USER, "name": "bench"}).encode())
+    with urllib.request.urlopen(request) as resp:
+        return json.load(resp)["id"]
 
 
 def medians(samples):

@@ -29,7 +29,7 @@ STATUSES = ("pending", "starting", "paused", "stopping", "stopped", "terminated"
 def seed(size, path):
     instances, logs = SIZES[size]
     rng = random.Random(42)
-    models.db.initialize(models.open_sqlite(str(path)))
+    models.db.initialize(models.open_database(str(path)))
     models.create_tables()
     sites = [uuid.UUID(int=rng.getrandbits(128), version=4)
              for _ in range(max(1, instances // 250))]

@@ -12,7 +12,7 @@ from webargs.core import is_json
 from webargs.flaskparser import FlaskParser
 from werkzeug.http import generate_etag
 
-from models import LOG_LEVELS, Instance, contains_folded
+from models import LOG_LEVELS, Instance, contains_folded, for_write
 from routes.idempotency import idempotent
 
 PAGING = ("limit", "offset", "sort", "after")
@@ -99,6 +99,9 @@ def read_json_body(req, arrays=False):
     return data
 
 
+# orjson writes at most 254 levels, and a response wraps the stored value in
+# more; deep nesting is also a cheap way to make a server work hard.
+MAX_DEPTH = 64
 NUL_MESSAGE = "Contains a NUL character (\\u0000), which is not stored."
 # An integer literal past 64 bits: orjson would read it as a double and keep
 # only its first 16 digits. Strings are checked again below, so a long run of
@@ -111,6 +114,11 @@ def check_storable(data, body):
     sent: a string with NUL (PostgreSQL cannot store it, and C tools cut the
     string there), or an integer beyond 64 bits. Cheap byte scans decide
     whether the parsed data needs walking at all."""
+    if body.count(b"[") + body.count(b"{") > MAX_DEPTH:
+        where = deeper_than(data, MAX_DEPTH)
+        if where is not None:
+            abort(422, errors={"json": {where: [
+                f"Nested deeper than {MAX_DEPTH} levels; the service keeps at most that."]}})
     if b"\\u0000" in body:
         where = find(data, lambda value: isinstance(value, str) and "\0" in value)
         if where is not None:
@@ -124,6 +132,20 @@ def check_storable(data, body):
         if where is not None:
             abort(422, errors={"json": {where: [
                 "An integer beyond 64 bits cannot be kept exactly; send it as a string."]}})
+
+
+def deeper_than(data, limit):
+    """The dotted path of the first array or object nested deeper than
+    `limit` levels (the body itself is level 1), or None."""
+    stack = [((), data, 1)]
+    while stack:
+        path, value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth > limit:
+                return ".".join(map(str, path)) or "_schema"
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            stack.extend(((*path, key), item, depth + 1) for key, item in items)
+    return None
 
 
 def find(data, bad):
@@ -150,9 +172,11 @@ def invalid(where, field, message):
     abort(422, errors={where: {field: [message]}})
 
 
-def get_or_404(model, row_id, *where):
-    """The row with this id (and matching `where`), or 404 naming the kind."""
-    row = model.get_or_none(model.id == row_id, *where)
+def get_or_404(model, row_id, *where, lock=False):
+    """The row with this id (and matching `where`), or 404 naming the kind;
+    with `lock`, held for the rest of the write transaction."""
+    query = model.select().where(model.id == row_id, *where)
+    row = (for_write(query) if lock else query).first()
     if row is None:
         not_found(model, row_id)
     return row
@@ -160,17 +184,19 @@ def get_or_404(model, row_id, *where):
 
 def get_for_write(model, row_id, schema, *where):
     """The row a PUT/PATCH/DELETE is about to change, once its preconditions
-    hold. Call it inside models.write(), so nobody changes the row between
-    this check and the write."""
-    row = get_or_404(model, row_id, *where)
+    hold. Call it inside models.write(): the row is locked, so nobody changes
+    it between this check and the write."""
+    row = get_or_404(model, row_id, *where, lock=True)
     check_if_match(row, schema)
     return row
 
 
-def require_instance(instance_id):
+def require_instance(instance_id, lock=False):
     """404 unless the instance exists. Nested routes need only its id, so this
-    reads the index, not the row and its JSON columns."""
-    if not Instance.select(Instance.id).where(Instance.id == instance_id).exists():
+    reads the index, not the row and its JSON columns. Writes `lock` it, so
+    it cannot be deleted before what they add under it is committed."""
+    query = Instance.select(Instance.id).where(Instance.id == instance_id)
+    if (for_write(query) if lock else query).first() is None:
         not_found(Instance, instance_id)
 
 

@@ -9,7 +9,7 @@ import orjson
 from flask import current_app, request
 from flask_smorest import abort
 
-from models import IdempotencyKey, utcnow, write
+from models import IdempotencyKey, lock_key, utcnow, write
 
 HEADER = "Idempotency-Key"
 # Visible ASCII: what UUIDs, ULIDs and random tokens are made of, and safe
@@ -35,6 +35,7 @@ def idempotent(view):
             refuse("Must be 1 to 255 visible ASCII characters, such as a UUID.")
         fingerprint = fingerprint_of(request)
         with write():
+            lock_key(key)
             IdempotencyKey.delete().where(IdempotencyKey.created_at < utcnow() - KEPT_FOR).execute()
             record = IdempotencyKey.get_or_none(IdempotencyKey.key == key)
             if record is not None:

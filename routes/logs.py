@@ -30,7 +30,7 @@ class InstanceLogs(MethodView):
     def post(self, data, instance_id):
         """Append one log (an object) or a batch of 1 to 1000 (an array)."""
         with write():
-            require_instance(instance_id)
+            require_instance(instance_id, lock=True)
             if isinstance(data, list):
                 return InstanceLog.append(instance_id, data)
             [log] = InstanceLog.append(instance_id, [data])

@@ -1,7 +1,7 @@
 """/api/instances/{id}/plans: objectives and tasks an agent works on."""
 from flask.views import MethodView
 
-from models import InstancePlan, write
+from models import InstancePlan, for_write, write
 from routes.common import (
     Blueprint, children_of, created, get_for_write, get_or_404, invalid, list_response,
     require_instance,
@@ -25,7 +25,7 @@ class InstancePlans(MethodView):
     def post(self, data, instance_id):
         """Add a plan to an instance."""
         with write():
-            require_instance(instance_id)
+            require_instance(instance_id, lock=True)
             check_parent(instance_id, data["parent_id"])
             plan = InstancePlan.create(instance=instance_id, **data)
         return created(plan, "plans.InstancePlanById", instance_id=instance_id, plan_id=plan.id)
@@ -66,8 +66,8 @@ def check_parent(instance_id, parent_id, plan=None):
     itself or one of its descendants (which would make a cycle)."""
     if parent_id is None:
         return
-    parent = InstancePlan.get_or_none(InstancePlan.id == parent_id,
-                                      InstancePlan.instance == instance_id)
+    parent = for_write(InstancePlan.select().where(
+        InstancePlan.id == parent_id, InstancePlan.instance == instance_id)).first()
     if parent is None:
         invalid("json", "parent_id", f"No plan with id {parent_id} on this instance.")
     if plan is not None and plan.id in (parent.id, *parent.ancestor_ids()):

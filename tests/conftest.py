@@ -1,6 +1,12 @@
-"""Fixtures: an app per test on its own SQLite file, a client, row factories,
+"""Fixtures: an app per test on its own database, a client, row factories,
 a real server started through the users' entry point, and the one helper that
-checks the problem+json shape."""
+checks the problem+json shape.
+
+The suite runs on SQLite (a file per test under tmp_path). With
+INSTANCES_TEST_DATABASE_URL=postgresql://..., it runs on that PostgreSQL
+server instead, each test in a schema of its own; tests marked sqlite_only
+(file pragmas, WAL, backups of the file) are skipped there."""
+import hashlib
 import http.client
 import json
 import os
@@ -22,6 +28,50 @@ ROOT = Path(__file__).resolve().parent.parent
 SITE = "5b0c6b52-3c6b-4a55-8f6e-0d7c3a1e9a01"
 USER = "9d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6"
 
+# Read once: the fixtures clear INSTANCES_* variables for the app under test.
+POSTGRES_URL = os.environ.get("INSTANCES_TEST_DATABASE_URL", "")
+SCHEMAS = set()
+
+
+def database_for(path):
+    """Settings for a fresh database named after `path`: that SQLite file, or
+    a PostgreSQL schema of its own (the same path gives the same schema, so a
+    restarted server finds its data)."""
+    if not POSTGRES_URL:
+        return {"DATABASE": str(path)}
+    import psycopg
+
+    schema = "t_" + hashlib.sha1(str(path).encode()).hexdigest()[:20]
+    if schema not in SCHEMAS:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            conn.execute(f'CREATE SCHEMA "{schema}"')
+        SCHEMAS.add(schema)
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    return {"DATABASE_URL": f"{POSTGRES_URL}{separator}options=-csearch_path%3D{schema}"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "sqlite_only: tests of SQLite's file, pragmas or "
+                                       "errors; skipped on PostgreSQL")
+
+
+def pytest_collection_modifyitems(config, items):
+    if POSTGRES_URL:
+        skip = pytest.mark.skip(reason="SQLite-specific; this run is on PostgreSQL")
+        for item in items:
+            if item.get_closest_marker("sqlite_only"):
+                item.add_marker(skip)
+
+
+def pytest_sessionfinish(session):
+    if POSTGRES_URL and SCHEMAS:
+        import psycopg
+
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            for schema in SCHEMAS:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
 
 @pytest.fixture
 def app(tmp_path, monkeypatch):
@@ -30,7 +80,7 @@ def app(tmp_path, monkeypatch):
         monkeypatch.delenv(name)
     # A file, not :memory:: each request hands its connection back, and an
     # in-memory database would vanish with it.
-    app = create_app({"TESTING": True, "DATABASE": str(tmp_path / "t.db")})
+    app = create_app({"TESTING": True, **database_for(tmp_path / "t.db")})
     yield app
     models.db.close_all()
 
@@ -146,10 +196,12 @@ class Server:
     def __init__(self, tmp_path, *extra, env=None, db=None, log_name="server.log"):
         self.db_path = Path(db or tmp_path / "live.db")
         self.log_path = tmp_path / log_name
+        database = database_for(self.db_path)
+        where = (["--database-url", database["DATABASE_URL"]] if "DATABASE_URL" in database
+                 else ["--db", str(self.db_path)])
         with open(self.log_path, "w") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, str(ROOT / "app.py"), "--port", "0",
-                 "--db", str(self.db_path), *extra],
+                [sys.executable, str(ROOT / "app.py"), "--port", "0", *where, *extra],
                 cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
                 env={**clean_environment(), "PYTHONUNBUFFERED": "1", **(env or {})},
             )
@@ -195,6 +247,10 @@ def figures(request):
 
 
 def pytest_terminal_summary(terminalreporter):
+    terminalreporter.write_line(
+        f"Database engine: PostgreSQL ({POSTGRES_URL.split('@')[-1]})" if POSTGRES_URL else
+        "Database engine: SQLite only; PostgreSQL was not tested "
+        "(set INSTANCES_TEST_DATABASE_URL=postgresql://...)")
     if FIGURES:
         terminalreporter.section("reliability figures")
         for nodeid, values in FIGURES:

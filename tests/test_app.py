@@ -189,6 +189,7 @@ def replace_with_directory(path):
     path.mkdir()
 
 
+@pytest.mark.sqlite_only  # the SQLite file itself
 @pytest.mark.parametrize("spoil", [drop_tables, replace_with_garbage, replace_with_directory],
                          ids=["tables-dropped", "file-is-garbage", "path-is-a-directory"])
 def test_healthz_is_503_problem_json_when_the_database_is_unusable(client, tmp_path, spoil):
@@ -262,6 +263,7 @@ def free_port():
         return sock.getsockname()[1]
 
 
+@pytest.mark.sqlite_only  # the SQLite file itself
 def test_startup_message_is_one_line_naming_the_url_and_absolute_database(server):
     lines = [line for line in server.output.splitlines() if "Listening on" in line]
     assert len(lines) == 1, server.output
@@ -279,6 +281,7 @@ def test_server_binds_only_the_loopback_address_by_default(server):
     assert listening_addresses(port) == {"0100007F"}   # 127.0.0.1, nothing else
 
 
+@pytest.mark.sqlite_only  # the SQLite file itself
 def test_server_serves_crud_over_http(server):
     conn = connect(server.url)
     try:
@@ -349,6 +352,7 @@ def test_port_and_host_flags_choose_the_listening_address(start_server):
         assert listening_addresses(port) == {"0100007F"}
 
 
+@pytest.mark.sqlite_only  # the SQLite file itself
 def test_db_flag_chooses_the_database_file_relative_to_the_working_directory(
         start_server, tmp_path):
     srv = start_server("--db", "other.db")

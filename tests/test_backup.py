@@ -17,6 +17,9 @@ import models
 from app import create_app
 from conftest import ROOT, SITE, USER, Server, call, clean_environment, connect, send
 
+# The backup command copies SQLite files; PostgreSQL has pg_dump.
+pytestmark = pytest.mark.sqlite_only
+
 SCRIPT = Path(sys.executable).parent / "instance-api"
 CONSOLE_SCRIPT = (str(SCRIPT),)
 TIMEOUT = 120

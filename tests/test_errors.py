@@ -553,3 +553,25 @@ def test_a_post_with_neither_body_nor_content_type_is_an_empty_body(client):
     body = assert_problem(client.post("/api/instances"), 400)
     assert "empty" in body["detail"]
     assert client.get("/api/instances").headers["X-Total-Count"] == "0"
+
+
+# -- nesting -------------------------------------------------------------------
+
+def nested(depth):
+    return '{"k":' * depth + "1" + "}" * depth
+
+
+@pytest.mark.parametrize("depth, status", [(63, 201), (64, 422), (600, 422), (1000, 422)])
+def test_objects_nest_at_most_64_levels(client, depth, status):
+    """The body is level 1 and configuration level 2; deeper values could not
+    be written back out (orjson stops at 254 levels) and cost work."""
+    body = f'{{"site_id": "{SITE}", "user_id": "{USER}", "name": "n", "configuration": ' \
+           f'{nested(depth)}}}'
+    resp = client.post("/api/instances", data=body, content_type="application/json")
+    if status == 201:
+        assert resp.status_code == 201, resp.get_json()
+        assert client.get(resp.headers["Location"]).status_code == 200
+    else:
+        where = assert_problem(resp, 422)["errors"]["json"]
+        assert list(where)[0].startswith("configuration.k.k")
+        assert client.get("/api/instances").headers["X-Total-Count"] == "0"

@@ -309,6 +309,7 @@ def test_tailing_ten_thousand_lines_reads_each_exactly_once(client, instance):
     assert seen == [str(n) for n in range(written)]
 
 
+@pytest.mark.sqlite_only  # SQLite's EXPLAIN QUERY PLAN
 def test_after_is_an_index_seek_however_deep_the_cursor(client, instance):
     """The pages after a cursor read from the cursor onwards in the
     (instance, created_at, id) index; no scan of the rows before it."""

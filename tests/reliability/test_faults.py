@@ -16,9 +16,15 @@ import uuid
 from contextlib import closing
 from urllib.parse import urlsplit
 
+import pytest
+
 import models
 from conftest import SITE, USER, Server, assert_problem, call, send
 from load import hammer
+
+# SQLite's own lock, file and errors: a second sqlite3 process, a file-size
+# limit, query_only. PostgreSQL's equivalents are the server's business.
+pytestmark = pytest.mark.sqlite_only
 
 BOX = {"site_id": SITE, "user_id": USER, "name": "box"}
 
@@ -27,6 +33,7 @@ BOX = {"site_id": SITE, "user_id": USER, "name": "box"}
 # soon as the test closes its stdin, whichever comes first.
 HOLDER = """
 import select, sqlite3, sys
+
 conn = sqlite3.connect(sys.argv[1], isolation_level=None)
 conn.execute("BEGIN IMMEDIATE")
 print("locked", flush=True)

@@ -1,0 +1,198 @@
+"""Both database engines and several server processes: the database URL,
+what each engine stores, connections given back after every request, and
+`--workers N` sharing one port. The suite runs these on SQLite, and again on
+PostgreSQL when INSTANCES_TEST_DATABASE_URL is set (see conftest)."""
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+import models
+from app import create_app
+from conftest import POSTGRES_URL, ROOT, SITE, USER, Server, call, clean_environment, connect
+from conftest import database_for, send
+
+BOX = {"site_id": SITE, "user_id": USER, "name": "box"}
+postgres_only = pytest.mark.skipif(not POSTGRES_URL, reason="needs INSTANCES_TEST_DATABASE_URL")
+
+
+def start(tmp_path, *flags, env=None):
+    """Run `python app.py` expecting it to refuse and exit."""
+    return subprocess.run([sys.executable, str(ROOT / "app.py"), "--port", "0", *flags],
+                          env={**clean_environment(), **(env or {})}, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=30)
+
+
+# -- the database URL ----------------------------------------------------------
+
+@pytest.mark.parametrize("url, created", [
+    ("sqlite:///relative.db", "relative.db"),
+    ("sqlite:///{tmp}/absolute.db", "absolute.db"),
+])
+def test_a_sqlite_url_names_the_file(tmp_path, monkeypatch, url, created):
+    monkeypatch.chdir(tmp_path)
+    app = create_app({"DATABASE_URL": url.format(tmp=tmp_path)})
+    try:
+        assert app.test_client().post("/api/instances", json=BOX).status_code == 201
+    finally:
+        models.db.close_all()
+    assert (tmp_path / created).stat().st_size > 0
+
+
+def test_the_url_wins_over_the_file_setting(tmp_path):
+    app = create_app({"DATABASE": str(tmp_path / "file.db"),
+                      "DATABASE_URL": f"sqlite:///{tmp_path}/url.db"})
+    models.db.close_all()
+    assert (tmp_path / "url.db").exists() and not (tmp_path / "file.db").exists()
+    assert app.config["DATABASE_URL"]
+
+
+def test_an_unknown_url_scheme_is_refused_at_start(tmp_path):
+    result = start(tmp_path, "--database-url", "mysql://root@localhost/db")
+    assert result.returncode == 2
+    assert "Cannot start" in result.stderr and "sqlite:///" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_password_in_the_url_is_never_printed(tmp_path):
+    result = start(tmp_path, "--database-url", "postgresql://app:hunter2@127.0.0.1:1/none",
+                   env={"INSTANCES_BUSY_TIMEOUT": "1"})
+    assert result.returncode == 2
+    assert "Cannot start" in result.stderr
+    assert "hunter2" not in result.stderr + result.stdout
+
+
+# -- connections go back to the pool -------------------------------------------
+
+def test_every_request_gives_its_connection_back_failed_ones_too(client, instance):
+    url = f"/api/instances/{instance['id']}"
+    for _ in range(5):
+        client.get(url)
+        client.get(f"/api/instances/{instance['id'][:-1]}0")  # 404
+        client.patch(url, json={"status": "sleeping"})  # 422
+        client.post(f"{url}/plans", json={"title": "t", "plan_type": "task",
+                                          "parent_id": SITE})  # 422 after a lookup
+        client.patch(url, json={"name": "x"}, headers={"If-Match": '"stale"'})  # 412
+    assert models.db.obj._in_use == {}
+
+
+# -- several processes -----------------------------------------------------------
+
+def worker_pids(server):
+    children = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children")
+    return children.read_text().split()
+
+
+def test_two_workers_share_the_port_and_store_every_write_once(tmp_path, figures):
+    server = Server(tmp_path, "--workers", "2")
+    try:
+        assert "(2 worker processes)" in server.output
+        assert len(worker_pids(server)) == 2
+        replies, lock = [], threading.Lock()
+
+        def write(n):
+            conn = connect(server.url)
+            try:
+                for i in range(25):
+                    reply = send(conn, "POST", "/api/instances", {**BOX, "name": f"w{n}-{i}"})
+                    with lock:
+                        replies.append(reply)
+            finally:
+                conn.close()
+
+        threads = [threading.Thread(target=write, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert [reply.status_code for reply in replies] == [201] * 200
+        ids = {reply.get_json()["id"] for reply in replies}
+        assert len(ids) == 200
+        listed = call(server.url, "GET", "/api/instances?limit=1000")
+        assert listed.headers["X-Total-Count"] == "200"
+        assert {row["id"] for row in listed.get_json()} == ids
+        figures(engine="postgresql" if POSTGRES_URL else "sqlite", writes=len(replies))
+    finally:
+        assert server.stop(signal.SIGTERM) == 0
+    assert server.output.count("Stopped") == 3  # two workers, then the parent
+
+
+def test_a_worker_that_dies_is_replaced(tmp_path):
+    server = Server(tmp_path, "--workers", "2")
+    try:
+        first = worker_pids(server)
+        os.kill(int(first[0]), signal.SIGKILL)
+        server.wait_for(r"Worker \d+ exited .*starting another")
+        assert call(server.url, "POST", "/api/instances", BOX).status_code == 201
+        assert len(worker_pids(server)) == 2
+    finally:
+        assert server.stop(signal.SIGTERM) == 0
+
+
+# -- PostgreSQL ------------------------------------------------------------------
+
+@postgres_only
+def test_postgresql_columns_are_native_types(app):
+    columns = dict(models.db.execute_sql(
+        "SELECT table_name || '.' || column_name, data_type FROM information_schema.columns "
+        "WHERE table_schema = current_schema()").fetchall())
+    models.db.close()
+    assert columns["instance.id"] == "uuid"
+    assert columns["instance.created_at"] == "timestamp with time zone"
+    assert columns["instance.configuration"] == "jsonb"
+    assert columns["instance_log.details"] == "jsonb"
+    assert columns["instance_plan.parent_id"] == "uuid"
+
+
+@postgres_only
+def test_a_row_locked_past_the_busy_timeout_is_a_503_then_recovers(tmp_path):
+    import psycopg
+
+    app = create_app({"TESTING": True, "BUSY_TIMEOUT": 1,
+                      **database_for(tmp_path / "locked.db")})
+    client = app.test_client()
+    try:
+        instance = client.post("/api/instances", json=BOX).get_json()
+        url = app.config["DATABASE_URL"]
+        with psycopg.connect(url) as holder:  # another process's transaction
+            holder.execute("SELECT id FROM instance WHERE id = %s FOR UPDATE",
+                           (instance["id"],))
+            resp = client.patch(f"/api/instances/{instance['id']}", json={"name": "late"})
+            assert resp.status_code == 503, resp.get_json()
+            assert resp.headers["Retry-After"] == "1"
+            assert "lock timeout" in resp.get_json()["detail"]
+        resp = client.patch(f"/api/instances/{instance['id']}", json={"name": "late"})
+        assert resp.status_code == 200
+        assert resp.get_json()["name"] == "late"
+    finally:
+        models.db.close_all()
+
+
+# -- the same round trip on both engines -------------------------------------------
+
+def test_numbers_and_text_in_json_objects_come_back_as_sent(client):
+    """PostgreSQL's jsonb keeps numbers as NUMERIC (1e20 comes back written out
+    in full); the service must still answer with the values that were sent."""
+    configuration = {"big_float": 1.8e20, "huge": 1e300, "one": 1.0, "tenth": 0.1,
+                     "u64": 2**64 - 1, "i64": -(2**63), "nested": [1, 2.5, "é 🚀", None, True]}
+    created = client.post("/api/instances", json={**BOX, "configuration": configuration})
+    assert created.status_code == 201
+    fetched = client.get(created.headers["Location"])
+    assert fetched.get_json()["configuration"] == configuration
+    assert fetched.get_data() == created.get_data()
+
+
+def test_a_representation_is_the_same_written_or_read_back(client):
+    """Object keys come out sorted at every depth, so the ETag of a create
+    is the ETag a later GET gives, on both engines."""
+    configuration = {"zeta": 1, "alpha": {"b": 2, "a": 1}, "mid": [{"y": 1, "x": 2}]}
+    created = client.post("/api/instances", json={**BOX, "configuration": configuration})
+    fetched = client.get(created.headers["Location"])
+    assert fetched.get_data() == created.get_data()
+    assert fetched.headers["ETag"] == created.headers["ETag"]
+    assert list(created.get_json()["configuration"]) == ["alpha", "mid", "zeta"]
+    assert list(created.get_json()["configuration"]["alpha"]) == ["a", "b"]
