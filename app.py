@@ -143,34 +143,15 @@ def describe(error):
     return error.description
 
 
-# Database errors that mean "not now" rather than "bug": the lock is held by
-# another process, or the file cannot take writes (read-only, disk full, I/O).
-UNAVAILABLE = ("locked", "busy", "readonly", "read-only", "disk is full", "disk i/o",
-               "unable to open",
-               # PostgreSQL: a lock wait past lock_timeout, a lost race, a
-               # server that is down or restarting.
-               "lock timeout", "could not serialize", "deadlock detected",
-               "could not connect", "connection refused", "server closed the connection",
-               "terminating connection", "connection failed")
-
-
 def handle_database_error(exc):
     """503 with Retry-After for a database that cannot serve the request
     right now; any other database error is a fault (500)."""
-    # A failed COMMIT is rolled back by SQLite itself; peewee's own rollback
-    # then fails too and hides the cause in __context__, so read the chain.
-    causes, cause = [], exc
-    while cause is not None and len(causes) < 5:
-        causes.append(str(cause))
-        cause = cause.__context__
-    matching = [text for text in causes if any(word in text.lower() for word in UNAVAILABLE)]
-    if not isinstance(exc, models.WriterBusy) and not matching:
+    reason = models.unavailable(exc)
+    if reason is None:
         return handle_unexpected(exc)
-    reason = matching[0] if matching else causes[0]
     log.warning("Database unavailable for %s %s (request %s): %s",
                 request.method, request.path, g.get("request_id"), reason)
-    busy = isinstance(exc, models.WriterBusy) or any(
-        word in reason for word in ("lock", "busy", "serialize", "deadlock"))
+    busy = any(word in reason for word in ("lock", "busy", "serialize", "deadlock"))
     return problem(ServiceUnavailable(
         description=f"The database cannot take this request now ({reason}); "
                     "nothing was written. Retry later.",

@@ -66,6 +66,33 @@ class WriterBusy(Exception):
     """The write lock could not be had within the busy timeout."""
 
 
+# Database errors that mean "not now" rather than "bug". SQLite: the lock is
+# held by another process, or the file cannot take writes (read-only, disk
+# full, I/O). PostgreSQL: a lock wait past lock_timeout, a lost race, a
+# server that is down or restarting.
+UNAVAILABLE = ("locked", "busy", "readonly", "read-only", "disk is full", "disk i/o",
+               "unable to open", "lock timeout", "could not serialize", "deadlock detected",
+               "could not connect", "connection refused", "server closed the connection",
+               "terminating connection", "connection failed")
+
+
+def unavailable(exc):
+    """Why the database cannot serve now, or None when `exc` is a fault.
+
+    A failed COMMIT is rolled back by SQLite itself; peewee's own rollback
+    then fails too and hides the cause in __context__, so the chain is read."""
+    if isinstance(exc, WriterBusy):
+        return f"{exc} (busy)"
+    cause = exc
+    for _ in range(5):
+        if cause is None:
+            break
+        if any(word in str(cause).lower() for word in UNAVAILABLE):
+            return str(cause)
+        cause = cause.__context__
+    return None
+
+
 class Writer:
     """One writer at a time within the process.
 
