@@ -111,59 +111,45 @@ LONG_INTEGER = re.compile(rb"\d{20}")
 
 def check_storable(data, body):
     """422 naming the place of a value that could not come back exactly as
-    sent: a string with NUL (PostgreSQL cannot store it, and C tools cut the
-    string there), or an integer beyond 64 bits. Cheap byte scans decide
-    whether the parsed data needs walking at all."""
+    sent: nesting past MAX_DEPTH, a string with NUL (PostgreSQL cannot store
+    it, and C tools cut the string there), or an integer beyond 64 bits.
+    Cheap byte scans decide whether the parsed data needs walking at all."""
     if body.count(b"[") + body.count(b"{") > MAX_DEPTH:
-        where = deeper_than(data, MAX_DEPTH)
-        if where is not None:
-            abort(422, errors={"json": {where: [
-                f"Nested deeper than {MAX_DEPTH} levels; the service keeps at most that."]}})
+        refuse_at(find(data, lambda value, depth: depth > MAX_DEPTH
+                       and isinstance(value, (dict, list))),
+                  f"Nested deeper than {MAX_DEPTH} levels; the service keeps at most that.")
     if b"\\u0000" in body:
-        where = find(data, lambda value: isinstance(value, str) and "\0" in value)
-        if where is not None:
-            abort(422, errors={"json": {where: [NUL_MESSAGE]}})
+        refuse_at(find(data, lambda value, depth: isinstance(value, str) and "\0" in value),
+                  NUL_MESSAGE)
     if LONG_INTEGER.search(body):
         # The standard library keeps integers exact; orjson has already
         # refused everything else it would accept too leniently.
-        exact = json.loads(body)
-        where = find(exact, lambda value: isinstance(value, int) and not (
-            -(2**63) <= value < 2**64))
-        if where is not None:
-            abort(422, errors={"json": {where: [
-                "An integer beyond 64 bits cannot be kept exactly; send it as a string."]}})
+        refuse_at(find(json.loads(body), lambda value, depth: isinstance(value, int)
+                       and not -(2**63) <= value < 2**64),
+                  "An integer beyond 64 bits cannot be kept exactly; send it as a string.")
 
 
-def deeper_than(data, limit):
-    """The dotted path of the first array or object nested deeper than
-    `limit` levels (the body itself is level 1), or None."""
-    stack = [((), data, 1)]
-    while stack:
-        path, value, depth = stack.pop()
-        if isinstance(value, (dict, list)):
-            if depth > limit:
-                return ".".join(map(str, path)) or "_schema"
-            items = value.items() if isinstance(value, dict) else enumerate(value)
-            stack.extend(((*path, key), item, depth + 1) for key, item in items)
-    return None
+def refuse_at(where, message):
+    if where is not None:
+        abort(422, errors={"json": {where: [message]}})
 
 
 def find(data, bad):
     """The dotted path (keys and indexes) of the first value or key for which
-    `bad` is true, or None. Iterative: bodies nest up to 1024 levels, beyond
-    Python's recursion limit."""
-    stack = [((), data)]
+    `bad(value, depth)` is true (the body is depth 1), or None. Iterative:
+    bodies nest up to 1024 levels, beyond Python's recursion limit."""
+    stack = [((), data, 1)]
     while stack:
-        path, value = stack.pop()
-        if bad(value):
+        path, value, depth = stack.pop()
+        if bad(value, depth):
             return ".".join(map(str, path)) or "_schema"
         if isinstance(value, dict):
             for key, item in value.items():
-                if bad(key):
+                if bad(key, depth + 1):
                     return ".".join(map(str, (*path, key)))
-                stack.append(((*path, key), item))
+                stack.append(((*path, key), item, depth + 1))
         elif isinstance(value, list):
-            stack.extend(((*path, index), item) for index, item in enumerate(value))
+            stack.extend(((*path, index), item, depth + 1) for index, item in enumerate(value))
     return None
 
 
