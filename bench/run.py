@@ -88,8 +88,9 @@ def wrk(url, connections, seconds, script=None):
     errors = re.search(r"Socket errors: (.*)", out)
     return {
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-        "p50": to_ms(re.search(r"50%\s+(\S+)", out).group(1)),
-        "p99": to_ms(re.search(r"99%\s+(\S+)", out).group(1)),
+        # Anchored: the thread stats above also end in percentages.
+        "p50": to_ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1)),
+        "p99": to_ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1)),
         "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
         "socket_errors": errors.group(1) if errors else "",
     }
