@@ -259,6 +259,29 @@ def pytest_terminal_summary(terminalreporter):
 
 
 @pytest.fixture
+def start_server(tmp_path):
+    """Start real servers; each one still up at teardown is killed."""
+    started = []
+
+    def start(*flags, **kwargs):
+        srv = Server(tmp_path, *flags, **kwargs)
+        started.append(srv)
+        return srv
+    yield start
+    for srv in started:
+        if srv.proc.poll() is None:
+            srv.stop(signal.SIGKILL)
+
+
+def close_pool():
+    """Close the previous app's connections, if an app was built."""
+    try:
+        models.db.close_all()
+    except AttributeError:      # the proxy was never initialised
+        pass
+
+
+@pytest.fixture
 def server(tmp_path):
     srv = Server(tmp_path)
     yield srv

@@ -9,9 +9,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-import models
 from app import create_app
-from conftest import ROOT, SITE, USER, Server, assert_problem, call, clean_environment
+from conftest import ROOT, SITE, USER, assert_problem, call, clean_environment, close_pool
 
 TIMEOUT = 10
 VALID = {"site_id": SITE, "user_id": USER, "name": "box"}
@@ -34,13 +33,6 @@ def build(tmp_path, monkeypatch):
         return create_app({"TESTING": True, "DATABASE": str(tmp_path / "t.db"), **settings})
     yield build
     close_pool()
-
-
-def close_pool():
-    try:
-        models.db.close_all()
-    except AttributeError:      # the proxy was never initialised
-        pass
 
 
 @pytest.fixture
@@ -297,20 +289,6 @@ def test_a_tokens_file_that_is_not_utf8_is_a_setting_error_naming_its_variable(
 
 
 # -- tokens never reach the logs ----------------------------------------------------------
-
-@pytest.fixture
-def start_server(tmp_path):
-    """Start real servers; each one still up at teardown is killed."""
-    started = []
-
-    def start(*flags, **kwargs):
-        srv = Server(tmp_path, *flags, **kwargs)
-        started.append(srv)
-        return srv
-    yield start
-    for srv in started:
-        if srv.proc.poll() is None:
-            srv.stop(signal.SIGKILL)
 
 
 def loopback(srv):

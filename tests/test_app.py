@@ -17,7 +17,7 @@ import pytest
 
 import models
 from app import create_app
-from conftest import ROOT, SITE, USER, Server, assert_problem, call, connect, send
+from conftest import ROOT, SITE, USER, assert_problem, call, close_pool, connect, send
 
 TIMEOUT = 10
 VALID = {"site_id": SITE, "user_id": USER, "name": "box"}
@@ -37,13 +37,6 @@ def build(monkeypatch):
         return create_app(config)
     yield build
     close_pool()
-
-
-def close_pool():
-    try:
-        models.db.close_all()
-    except AttributeError:      # the proxy was never initialised
-        pass
 
 
 def tables(path):
@@ -211,21 +204,6 @@ def test_healthz_recovers_when_the_database_is_usable_again(build, tmp_path):
 
 
 # -- the real server -------------------------------------------------------------
-
-@pytest.fixture
-def start_server(tmp_path):
-    """Start the real server with extra flags; killed at teardown if still up."""
-    started = []
-
-    def start(*flags):
-        srv = Server(tmp_path, *flags)
-        started.append(srv)
-        return srv
-    yield start
-    for srv in started:
-        if srv.proc.poll() is None:
-            srv.stop(signal.SIGKILL)
-
 
 @contextmanager
 def interruptible():

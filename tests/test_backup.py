@@ -3,7 +3,6 @@ while the server keeps writing, checked with integrity_check, that a server
 started on it serves exactly what the original held at the time."""
 import os
 import re
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import pytest
 
 import models
 from app import create_app
-from conftest import ROOT, SITE, USER, Server, call, clean_environment, connect, send
+from conftest import ROOT, SITE, USER, call, clean_environment, connect, send
 
 # The backup command copies SQLite files; PostgreSQL has pg_dump.
 pytestmark = pytest.mark.sqlite_only
@@ -92,21 +91,6 @@ def seed(url, instances=3, logs=40, plans=5):
                 parent = made_plan["id"]
         made.append(inst)
     return made
-
-
-@pytest.fixture
-def start_server(tmp_path):
-    """Start real servers; each one still up at teardown is killed."""
-    started = []
-
-    def start(*flags, **kwargs):
-        srv = Server(tmp_path, *flags, **kwargs)
-        started.append(srv)
-        return srv
-    yield start
-    for srv in started:
-        if srv.proc.poll() is None:
-            srv.stop(signal.SIGKILL)
 
 
 class Writer(threading.Thread):
