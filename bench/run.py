@@ -155,7 +155,12 @@ def main(argv=None):
     parser.add_argument("--scaling", action="store_true",
                         help="compare 1 and 2 workers on both engines instead")
     parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite RESULTS.md and the chart from results.json")
     args = parser.parse_args(argv)
+    if args.report_only:
+        saved = json.loads((HERE / "results.json").read_text())
+        return report(saved["samples"], saved["peak_rss_mb"], args)
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed: apt-get install wrk (make bench does it)")
     if args.scaling:
@@ -319,9 +324,10 @@ def targets_met(table, rss):
                            table[(size, "batch_ingest", c)]["rps"] * BATCH, 20_000))
             deep = next(op for s, op, _ in table
                         if s == size and op.startswith("tail_depth_") and op != "tail_depth_0")
-            checks.append((f"{size} c={c}: {deep} within 1.2 x tail_depth_0 (ratio <= 1.2)",
-                           table[(size, "tail_depth_0", c)]["rps"] * 1.2
-                           / table[(size, deep, c)]["rps"], 1.0))
+            # "the deep page within 1.2 x the first": its rate at least 1/1.2 of it.
+            checks.append((f"{size} c={c}: {deep} req/s x 1.2 / tail_depth_0 req/s >= 1",
+                           table[(size, deep, c)]["rps"] * 1.2
+                           / table[(size, "tail_depth_0", c)]["rps"], 1.0))
     if "small" in sizes and "large" in sizes:
         for c in CONCURRENCY:
             for op in ("list_filtered", "list_logs"):

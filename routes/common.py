@@ -247,22 +247,22 @@ def list_response(query, args, total=None):
     conditions = [condition(model, name, value)
                   for name, value in args.items() if name not in PAGING]
     order = ordering(model, args.get("sort", ()))
-    if "after" in args:
-        conditions.append(after_cursor(query, args["after"]))
-        order = (model.created_at, model.id)
+    cursor = after_cursor(query, args["after"]) if "after" in args else None
     if conditions:
         query = query.where(*conditions)
     if conditions or total is None:
         total = query.count()
+    # The cursor is a position, like offset: the total ignores it, so a page
+    # costs the same at any depth, and a tailer sees how long the log is.
+    if cursor is not None:
+        query, order = query.where(cursor), (model.created_at, model.id)
     limit, offset = args["limit"], args["offset"]
-    # 1.6: an offset past the end is an empty page, however large; SQLite
-    # would refuse an offset beyond 64 bits, so it is never asked.
-    rows = list(query.order_by(*order).limit(limit).offset(offset)) if offset < total else []
+    # 1.6: an offset past the end is an empty page, however large (the rows
+    # after a cursor are fewer than `total`); SQLite would refuse an offset
+    # beyond 64 bits, so it is never asked.
+    rows = [] if offset >= total else list(query.order_by(*order).limit(limit).offset(offset))
     headers = {"X-Total-Count": str(total)}
-    if "after" in args:
-        link = cursor_link(rows)
-    else:
-        link = page_links(total, limit, offset)
+    link = cursor_link(rows) if cursor is not None else page_links(total, limit, offset)
     if link:
         headers["Link"] = link
     return rows, headers

@@ -622,7 +622,7 @@ def test_after_lists_the_later_logs_oldest_first_with_a_next_link(client, five_l
     assert resp.status_code == 200
     assert resp.mimetype == "application/json"
     assert ids(resp) == [five_logs[2]["id"], five_logs[3]["id"]]
-    assert total(resp) == 3
+    assert total(resp) == 5  # a cursor is a position, like offset: the total ignores it
     rels = links(resp)
     assert set(rels) == {"next"}
     assert urlsplit(rels["next"]).path == logs_url
@@ -631,7 +631,7 @@ def test_after_lists_the_later_logs_oldest_first_with_a_next_link(client, five_l
 
     second = client.get(path_of(rels["next"]))
     assert ids(second) == [five_logs[4]["id"]]
-    assert total(second) == 1
+    assert total(second) == 5
     assert "prev" not in links(second)
 
 
@@ -640,7 +640,7 @@ def test_an_empty_after_page_has_no_link(client, five_logs, logs_url):
 
     assert resp.status_code == 200
     assert resp.get_json() == []
-    assert total(resp) == 0
+    assert total(resp) == 5
     assert "Link" not in resp.headers
 
 
@@ -671,13 +671,12 @@ def test_after_combines_with_filters(client, five_logs, logs_url):
     assert query == {"after": [five_logs[1]["id"]], "level": ["error"], "limit": ["1"]}
 
     second = client.get(path_of(links(resp)["next"]))
-    assert total(second) == 1
+    assert total(second) == 2  # every error log, wherever the cursor is
     assert ids(second) == [five_logs[3]["id"]]
     assert [row["level"] for row in second.get_json()] == ["error"]
 
 
-def test_after_with_min_level_and_since_counts_only_the_matching_later_logs(client, five_logs,
-                                                                            logs_url):
+def test_after_with_min_level_and_since_counts_the_matching_logs(client, five_logs, logs_url):
     query = urlencode({"after": five_logs[1]["id"], "min_level": "warn",
                        "since": five_logs[2]["created_at"]})
     resp = client.get(f"{logs_url}?{query}")
