@@ -15,14 +15,13 @@ import time
 import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from urllib.parse import parse_qs, urlsplit
 
 import orjson
 from peewee import (
     SQL, Case, DatabaseProxy, DateTimeField, ForeignKeyField, IntegerField, JSONField, Model,
     TextField, UUIDField, fn,
 )
-from urllib.parse import parse_qs, urlsplit
-
 from playhouse.migrate import SchemaMigrator, migrate
 from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
 
