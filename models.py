@@ -93,7 +93,7 @@ def unavailable(exc):
 
 
 class Writer:
-    """One writer at a time within the process.
+    """One writer at a time within the process (on SQLite).
 
     SQLite has one write lock per file. Threads that all ask SQLite for it
     race on its busy handler, which sleeps and retries, so under load some
@@ -104,12 +104,17 @@ class Writer:
     nests as a savepoint.
     """
 
-    def __init__(self, timeout):
+    def __init__(self, timeout, serialize=True):
         self.timeout = timeout
-        self.lock = threading.RLock()
+        # PostgreSQL locks rows, not the database: its writers need no queue.
+        self.lock = threading.RLock() if serialize else None
 
     @contextmanager
     def __call__(self):
+        if self.lock is None:
+            with db.atomic():
+                yield
+            return
         if not self.lock.acquire(timeout=self.timeout):
             raise WriterBusy(f"no write lock within {self.timeout:g} s")
         try:
@@ -165,7 +170,7 @@ def open_postgres(url, busy_timeout=5.0):
         url, prefer_psycopg3=True, max_connections=None, stale_timeout=300,
         field_types={"DATETIME": "TIMESTAMPTZ"}, options=options,
     )
-    database.writer = Writer(busy_timeout)
+    database.writer = Writer(busy_timeout, serialize=False)
     database.text_timestamps = False
     # jsonb keeps numbers as NUMERIC and writes 1e20 back as 100000000000000000000;
     # psycopg's default loader (json) would make that an int wider than 64
