@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -82,9 +83,14 @@ def test_every_request_gives_its_connection_back_failed_ones_too(client, instanc
 
 # -- several processes -----------------------------------------------------------
 
-def worker_pids(server):
+def worker_pids(server, expected=2):
+    """The server's worker processes, once there are `expected` of them: the
+    parent logs before it forks, so a fast test can look too early."""
     children = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children")
-    return children.read_text().split()
+    deadline = time.monotonic() + 10
+    while len(pids := children.read_text().split()) != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return pids
 
 
 def test_two_workers_share_the_port_and_store_every_write_once(tmp_path, figures):
