@@ -6,7 +6,7 @@ small queries the routes need. Input rules live in schemas.py only.
 Two engines: SQLite (one file, the default) and PostgreSQL (several server
 processes and hosts). What differs between them is in this module only:
 opening the database, timestamps on the wire, case-insensitive search, row
-locks and key locks.
+locks and key locks, and how a read's raw column values become JSON values.
 """
 import os
 import sqlite3
@@ -15,12 +15,13 @@ import time
 import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from typing import NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
 from peewee import (
     SQL, Case, DatabaseProxy, DateTimeField, ForeignKeyField, IntegerField, JSONField, Model,
-    TextField, UUIDField, fn,
+    Node, TextField, UUIDField, __exception_wrapper__, fn,
 )
 from playhouse.migrate import SchemaMigrator, migrate
 from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
@@ -147,6 +148,7 @@ def open_sqlite(path, busy_timeout=5.0, synchronous="NORMAL"):
         max_connections=None, check_same_thread=False,
     )
     database.writer = Writer(busy_timeout)
+    database.shapes, database.readers = {}, {}
     database.text_timestamps = True
     # SQLite's own lower() and LIKE fold ASCII only; `q` should find "Écran"
     # with "écran" too.
@@ -170,6 +172,7 @@ def open_postgres(url, busy_timeout=5.0):
     # waiting on PostgreSQL's (bench/run.py --scaling, POST log, 2 workers,
     # one session: 466 req/s queued, 332-371 without).
     database.writer = Writer(busy_timeout)
+    database.shapes, database.readers = {}, {}
     database.text_timestamps = False
     # jsonb keeps numbers as NUMERIC and writes 1e20 back as 100000000000000000000;
     # psycopg's default loader (json) would make that an int wider than 64
@@ -208,12 +211,18 @@ def write():
     return db.writer()
 
 
-def contains_folded(field, text):
-    """`field` contains `text`, ignoring case (Unicode-aware on both engines;
-    PostgreSQL's lower() follows the database's locale)."""
+def contains_folded(field, folded):
+    """`field` contains `folded` (a `fold`ed text, or a Slot for one), ignoring
+    case: Unicode-aware on both engines; PostgreSQL's lower() follows the
+    database's locale."""
     if is_sqlite():
-        return fn.instr(fn.casefold(field), text.casefold()) > 0
-    return fn.strpos(fn.lower(field), text.lower()) > 0
+        return fn.instr(fn.casefold(field), folded) > 0
+    return fn.strpos(fn.lower(field), folded) > 0
+
+
+def fold(text):
+    """`text` folded as contains_folded folds the column."""
+    return text.casefold() if is_sqlite() else text.lower()
 
 
 _uuid7_lock = threading.Lock()
@@ -275,6 +284,94 @@ class ObjectField(JSONField):
     def __init__(self, **kwargs):
         super().__init__(dumps=_dumps, loads=orjson.loads, default=dict, **kwargs)
 
+    def db_value(self, value):
+        # On SQLite, peewee would bind json(<text>), which parses orjson's
+        # text again only to store the same text, and is an SQL expression
+        # rather than a value a compiled INSERT can bind (models.run).
+        if value is not None and not isinstance(value, Node) and is_sqlite():
+            return self._dumps(value)
+        return super().db_value(value)
+
+
+# -- reads: query shapes compiled once, rows read as JSON values -----------------
+
+class Slot(Node):
+    """A value in a query shape (see `run`): a placeholder in the compiled
+    SQL, bound to each run's value of the same name."""
+
+    def __init__(self, name, convert=None):
+        self.name, self.convert = name, convert
+
+    def __sql__(self, ctx):
+        # Keep the conversion peewee would apply here (the compared column's
+        # db_value), to apply to each run's value instead.
+        return ctx.value(Bound(self.name, self.convert or ctx.state.converter), converter=False)
+
+
+class Bound(NamedTuple):
+    name: object
+    convert: object
+
+
+def run(shape, build, values):
+    """Run the query `build()` makes, with Slots in place of `values` (by
+    name), and return its cursor. peewee compiles a query's expression tree
+    on every run, most of the cost of reading one row by id; the SQL of a
+    query depends only on its shape, so it is compiled once per `shape` key."""
+    sql, params = compiled(shape, build)
+    return db.execute_sql(sql, bind(params, values))
+
+
+def compiled(shape, build):
+    found = db.shapes.get(shape)
+    if found is None:
+        found = db.shapes[shape] = build().sql()
+    return found
+
+
+def bind(params, values):
+    return [(param.convert(values[param.name]) if param.convert else values[param.name])
+            if type(param) is Bound else param for param in params]
+
+
+def representations(model, cursor):
+    """The rows of `model.select()` as dicts of JSON values by column name
+    (ids and timestamps as text, objects parsed): what the output schemas
+    dump, without building a model instance and typed values per row."""
+    readers = db.readers.get(model)
+    if readers is None:
+        readers = db.readers[model] = [(field.column_name, wire_reader(field))
+                                       for field in model._meta.sorted_fields]
+    return [{name: value if read is None or value is None else read(value)
+             for (name, read), value in zip(readers, row)} for row in cursor]
+
+
+def wire_reader(field):
+    """How a raw value of `field` from this engine becomes its JSON value."""
+    field = getattr(field, "rel_field", field)
+    if isinstance(field, UUIDField):
+        return _hex_uuid if is_sqlite() else str
+    if isinstance(field, UTCDateTimeField):
+        return _text_rfc3339 if db.text_timestamps else rfc3339
+    if isinstance(field, ObjectField) and is_sqlite():
+        return orjson.loads
+    return None   # PostgreSQL's driver already gives JSON values
+
+
+def rfc3339(moment):
+    """An aware datetime as the API writes it: UTC, microseconds, +00:00."""
+    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _text_rfc3339(text):
+    # The stored "YYYY-MM-DD HH:MM:SS.ffffff" (UTCDateTimeField) as rfc3339.
+    return f"{text[:10]}T{text[11:]}+00:00"
+
+
+def _hex_uuid(text):
+    # peewee stores a UUID on SQLite as 32 hex digits.
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
 
 class BaseModel(Model):
     id = UUIDField(primary_key=True, default=uuid7)
@@ -287,6 +384,24 @@ class BaseModel(Model):
     class Meta:
         database = db
         legacy_table_names = False
+
+    @classmethod
+    def add(cls, rows):
+        """Insert `rows` (dicts by column name) in the caller's transaction,
+        with the defaults of absent columns, and return them complete. One
+        INSERT compiled once (models.run), run for every row."""
+        rows = [cls.complete({**cls._meta.get_default_dict(), **row}) for row in rows]
+        fields = cls._meta.sorted_fields
+        sql, params = compiled(("insert", cls), lambda: cls.insert({
+            field: Slot(field.column_name, field.db_value) for field in fields}).returning())
+        with __exception_wrapper__:
+            db.cursor().executemany(sql, [bind(params, row) for row in rows])
+        return rows
+
+    @classmethod
+    def complete(cls, row):
+        """Hook: fill in the columns of a new row that derive from others."""
+        return row
 
     @classmethod
     def sort_key(cls, name):
@@ -307,6 +422,11 @@ def same(stored, sent):
 class EditableModel(BaseModel):
     """A row that can change after creation, so it carries updated_at."""
     updated_at = UTCDateTimeField()
+
+    @classmethod
+    def complete(cls, row):
+        row["updated_at"] = row["created_at"]
+        return row
 
     def save(self, *args, **kwargs):
         if self.updated_at is None:  # a new row
@@ -384,12 +504,12 @@ class InstanceLog(BaseModel):
 
     @classmethod
     def append(cls, instance_id, entries):
-        """Insert logs (one statement per 100 rows) and count them on their
-        instance; the caller's write transaction makes it all or nothing."""
-        logs = [cls(instance=instance_id, **entry) for entry in entries]
-        cls.bulk_create(logs, batch_size=100)
-        Instance.update(log_count=Instance.log_count + len(logs)).where(
-            Instance.id == instance_id).execute()
+        """Insert logs and count them on their instance; the caller's write
+        transaction makes it all or nothing."""
+        logs = cls.add([{"instance_id": instance_id, **entry} for entry in entries])
+        run(("count logs",), lambda: Instance.update(
+            log_count=Instance.log_count + Slot("added")).where(Instance.id == Slot("id")),
+            {"added": len(logs), "id": instance_id})
         return logs
 
 

@@ -14,7 +14,7 @@ from datetime import timezone
 from marshmallow import Schema, ValidationError, fields, pre_load, validate, validates_schema
 from webargs.fields import DelimitedList
 
-from models import INSTANCE_STATUSES, INSTANCE_TYPES, LOG_LEVELS, PLAN_STATUSES
+from models import INSTANCE_STATUSES, INSTANCE_TYPES, LOG_LEVELS, PLAN_STATUSES, rfc3339
 
 SLUG = r"^[a-z][a-z0-9_.-]{0,63}$"
 ENV_KEY = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -61,7 +61,29 @@ class JSONObject(fields.Dict):
     64 levels (routes/common.py), well within recursion limits."""
 
     def _serialize(self, value, attr, obj, **kwargs):
-        return sorted_keys(super()._serialize(value, attr, obj, **kwargs))
+        # What is written out was stored, so was checked on the way in:
+        # Dict's per-key serialization would only cost time.
+        return None if value is None else sorted_keys(value)
+
+
+class Moment(fields.DateTime):
+    """A timestamp written as RFC 3339 in UTC with microseconds, from a
+    datetime or from the text the storage layer already made of one
+    (models.representations), so both write the same bytes."""
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return value if value is None or isinstance(value, str) else rfc3339(value)
+
+
+class Representation(Schema):
+    """Base of the resource schemas: lists and single reads dump dicts of
+    JSON values (models.representations), looked up directly rather than
+    through marshmallow's generic getter, which is most of a field's cost."""
+
+    def get_attribute(self, obj, attr, default):
+        if type(obj) is dict:
+            return obj.get(attr, default)
+        return super().get_attribute(obj, attr, default)
 
 
 def Slug(**kwargs):
@@ -185,7 +207,7 @@ class OneOrMany:
 
 # -- instances ---------------------------------------------------------------
 
-class InstanceSchema(Schema):
+class InstanceSchema(Representation):
     id = fields.UUID(dump_only=True)
     site_id = fields.UUID()
     user_id = fields.UUID()
@@ -197,8 +219,8 @@ class InstanceSchema(Schema):
     environment_variables = JSONObject(
         keys=fields.String(validate=Pattern(ENV_KEY, error="Variable names must match {regex}.")),
         values=fields.String())
-    created_at = fields.DateTime(dump_only=True)
-    updated_at = fields.DateTime(dump_only=True)
+    created_at = Moment(dump_only=True)
+    updated_at = Moment(dump_only=True)
 
     EXAMPLE = {
         "id": "01a2247d-a6d6-77b1-90e7-12fd84736332",
@@ -244,14 +266,14 @@ class InstanceQuerySchema(ListQuerySchema):
 
 # -- logs --------------------------------------------------------------------
 
-class LogSchema(Schema):
+class LogSchema(Representation):
     id = fields.UUID(dump_only=True)
     instance_id = fields.UUID(dump_only=True)
     log_type = Slug()
     level = Enum(LOG_LEVELS)
     message = fields.String(validate=validate.Length(1, 65536))
     details = JSONObject(keys=fields.String())
-    created_at = fields.DateTime(dump_only=True)
+    created_at = Moment(dump_only=True)
 
     EXAMPLE = {
         "id": "01a2247d-cbe7-719f-9f26-59e31504471a",
@@ -294,7 +316,7 @@ class LogQuerySchema(ListQuerySchema):
 
 # -- plans -------------------------------------------------------------------
 
-class PlanSchema(Schema):
+class PlanSchema(Representation):
     id = fields.UUID(dump_only=True)
     instance_id = fields.UUID(dump_only=True)
     title = fields.String(validate=[validate.Length(1, 500), not_blank])
@@ -304,10 +326,10 @@ class PlanSchema(Schema):
     priority = fields.Integer(strict=True, validate=INT32)
     instructions = fields.String(allow_none=True)
     parent_id = fields.UUID(allow_none=True)
-    started_at = fields.DateTime(dump_only=True, allow_none=True)
-    completed_at = fields.DateTime(dump_only=True, allow_none=True)
-    created_at = fields.DateTime(dump_only=True)
-    updated_at = fields.DateTime(dump_only=True)
+    started_at = Moment(dump_only=True, allow_none=True)
+    completed_at = Moment(dump_only=True, allow_none=True)
+    created_at = Moment(dump_only=True)
+    updated_at = Moment(dump_only=True)
 
     EXAMPLE = {
         "id": "01a224b2-cac5-7354-9022-327cd49f890e",

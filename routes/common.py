@@ -8,21 +8,27 @@ import orjson
 from flask import current_app, request, url_for
 from flask_smorest import Blueprint as _Blueprint, abort
 from marshmallow import RAISE
+from peewee import SQL, fn
 from webargs.core import is_json
 from webargs.flaskparser import FlaskParser
 from werkzeug.http import generate_etag
 
-from models import LOG_LEVELS, Instance, contains_folded, for_write
+from models import (
+    LOG_LEVELS, Instance, Slot, contains_folded, fold, for_write, representations, run,
+)
 from routes.idempotency import idempotent
 
 PAGING = ("limit", "offset", "sort", "after")
 
-# Filters that are not "column equals value" (a list means "column in list").
+# Filters that are not "column equals value" (a list means "column in
+# list"): the condition, given the Slot (or list of Slots) of the value, and
+# what the query value becomes before it is bound.
 FILTERS = {
-    "q": lambda model, text: contains_folded(model.name, text),
-    "min_level": lambda model, level: model.level.in_(LOG_LEVELS[LOG_LEVELS.index(level):]),
-    "since": lambda model, moment: model.created_at >= moment,
-    "until": lambda model, moment: model.created_at < moment,
+    "q": (lambda model, text: contains_folded(model.name, text), fold),
+    "min_level": (lambda model, levels: model.level.in_(levels),
+                  lambda level: list(LOG_LEVELS[LOG_LEVELS.index(level):])),
+    "since": (lambda model, moment: model.created_at >= moment, None),
+    "until": (lambda model, moment: model.created_at < moment, None),
 }
 
 
@@ -158,21 +164,27 @@ def invalid(where, field, message):
     abort(422, errors={where: {field: [message]}})
 
 
-def get_or_404(model, row_id, *where, lock=False):
-    """The row with this id (and matching `where`), or 404 naming the kind;
-    with `lock`, held for the rest of the write transaction."""
-    query = model.select().where(model.id == row_id, *where)
-    row = (for_write(query) if lock else query).first()
-    if row is None:
+def get_or_404(model, row_id, instance_id=None):
+    """The representation of the row with this id (under `instance_id`, for a
+    nested resource), or 404 naming the kind."""
+    scope = {"id": row_id} if instance_id is None else {"id": row_id, "instance": instance_id}
+    rows = representations(model, run(
+        ("one", model, *scope), lambda: model.select().where(*matching(model, scope)), scope))
+    if not rows:
         not_found(model, row_id)
-    return row
+    return rows[0]
 
 
-def get_for_write(model, row_id, schema, *where):
+def get_for_write(model, row_id, schema, instance_id=None):
     """The row a PUT/PATCH/DELETE is about to change, once its preconditions
     hold. Call it inside models.write(): the row is locked, so nobody changes
     it between this check and the write."""
-    row = get_or_404(model, row_id, *where, lock=True)
+    query = model.select().where(model.id == row_id)
+    if instance_id is not None:
+        query = query.where(model.instance == instance_id)
+    row = for_write(query).first()
+    if row is None:
+        not_found(model, row_id)
     check_if_match(row, schema)
     return row
 
@@ -181,15 +193,17 @@ def require_instance(instance_id, lock=False):
     """404 unless the instance exists. Nested routes need only its id, so this
     reads the index, not the row and its JSON columns. Writes `lock` it, so
     it cannot be deleted before what they add under it is committed."""
-    query = Instance.select(Instance.id).where(Instance.id == instance_id)
-    if (for_write(query) if lock else query).first() is None:
+    def build():
+        query = Instance.select(Instance.id).where(Instance.id == Slot("id"))
+        return for_write(query) if lock else query
+
+    if run(("instance exists", lock), build, {"id": instance_id}).fetchone() is None:
         not_found(Instance, instance_id)
 
 
-def children_of(model, instance_id):
-    """The rows of a nested `model` under an existing instance."""
-    require_instance(instance_id)
-    return model.select().where(model.instance == instance_id)
+def matching(model, scope):
+    """Conditions: each column named in `scope` equals its value there."""
+    return [getattr(model, name) == Slot(name) for name in scope]
 
 
 def not_found(model, row_id):
@@ -221,7 +235,10 @@ def tag_representation(response):
         body = response.get_data()
         if body.startswith(b"{"):
             response.set_etag(generate_etag(body))
-            response.make_conditional(request)
+            # Only a conditional request can change the answer; the check
+            # is a tenth of a small GET's time.
+            if "HTTP_IF_NONE_MATCH" in request.environ or "HTTP_IF_MATCH" in request.environ:
+                response.make_conditional(request)
     return response
 
 
@@ -235,34 +252,70 @@ def check_if_match(row, schema):
 
 # -- lists -------------------------------------------------------------------
 
-def list_response(query, args, total=None):
-    """One page of `query`, filtered by every non-paging argument (named
-    after its column, or in FILTERS), with X-Total-Count and Link.
+def list_response(model, args, scope=None, total=None):
+    """One page of `model`'s rows: those with the column values in `scope` (a
+    nested list's instance) that pass every non-paging argument (named after
+    its column, or in FILTERS), with X-Total-Count and Link.
 
     The order is `sort` with newest first as the tie-break, or oldest first
     after the `after` cursor. `total`, when the caller keeps it, is the
-    count of the unfiltered query, used instead of counting.
+    count of the rows in `scope`, used instead of counting. Each query is a
+    compiled shape (models.run): the shape is which filters are given and
+    with how many values, the sort, and whether there is a cursor.
     """
-    model = query.model
-    conditions = [condition(model, name, value)
-                  for name, value in args.items() if name not in PAGING]
-    order = ordering(model, args.get("sort", ()))
-    cursor = after_cursor(query, args["after"]) if "after" in args else None
-    if conditions:
-        query = query.where(*conditions)
-    if conditions or total is None:
-        total = query.count()
+    scope = scope or {}
+    values, filters = dict(scope), []
+    for name, value in args.items():
+        if name in PAGING:
+            continue
+        bind = FILTERS[name][1] if name in FILTERS else None
+        value = bind(value) if bind else value
+        if isinstance(value, list):
+            values.update(((name, index), item) for index, item in enumerate(value))
+            filters.append((name, len(value)))
+        else:
+            values[name] = value
+            filters.append((name, None))
+    shape = (model, *scope, *filters)
+
+    def where(query):
+        conditions = [*matching(model, scope), *(
+            condition(model, name, Slot(name) if count is None
+                      else [Slot((name, index)) for index in range(count)])
+            for name, count in filters)]
+        return query.where(*conditions) if conditions else query
+
+    if filters or total is None:
+        total = run(("count", *shape), lambda: where(model.select(fn.COUNT(SQL("*")))),
+                    values).fetchone()[0]
     # The cursor is a position, like offset: the total ignores it, so a page
     # costs the same at any depth, and a tailer sees how long the log is.
-    if cursor is not None:
-        query, order = query.where(cursor), (model.created_at, model.id)
-    limit, offset = args["limit"], args["offset"]
+    after = "after" in args
+    if after:
+        values["after"] = args["after"]
+        mark = run(("mark", model, *scope), lambda: model.select(model.created_at, model.id).where(
+            *matching(model, scope), model.id == Slot("after")), values).fetchone()
+        if mark is None:
+            invalid("query", "after", f"No {noun(model)} with id {args['after']} in this list.")
+        values["mark_at"], values["mark_id"] = mark
+    sort = tuple(args.get("sort", ()))
+    limit, offset = values["limit"], values["offset"] = args["limit"], args["offset"]
+
+    def page():
+        query = where(model.select())
+        if after:
+            query = query.where(after_cursor(model)).order_by(model.created_at, model.id)
+        else:
+            query = query.order_by(*ordering(model, sort))
+        return query.limit(Slot("limit")).offset(Slot("offset"))
+
     # 1.6: an offset past the end is an empty page, however large (the rows
     # after a cursor are fewer than `total`); SQLite would refuse an offset
     # beyond 64 bits, so it is never asked.
-    rows = [] if offset >= total else list(query.order_by(*order).limit(limit).offset(offset))
+    rows = [] if offset >= total else representations(
+        model, run(("page", *shape, sort, after), page, values))
     headers = {"X-Total-Count": str(total)}
-    link = cursor_link(rows) if cursor is not None else page_links(total, limit, offset)
+    link = cursor_link(rows) if after else page_links(total, limit, offset)
     if link:
         headers["Link"] = link
     return rows, headers
@@ -270,7 +323,7 @@ def list_response(query, args, total=None):
 
 def condition(model, name, value):
     if name in FILTERS:
-        return FILTERS[name](model, value)
+        return FILTERS[name][0](model, value)
     column = getattr(model, name)
     return column.in_(value) if isinstance(value, list) else column == value
 
@@ -287,22 +340,18 @@ def ordering(model, sort):
     return keys
 
 
-def after_cursor(query, after):
-    """Rows created after the row `after` of the same list, as an index range
-    from that row onwards (no offset to skip over, however deep)."""
-    model = query.model
-    mark = query.where(model.id == after).first()
-    if mark is None:
-        invalid("query", "after", f"No {noun(model)} with id {after} in this list.")
-    created_at = model.created_at
-    return (created_at >= mark.created_at) & (
-        (created_at > mark.created_at) | (model.id > mark.id))
+def after_cursor(model):
+    """Rows created after the row the cursor marks (its created_at and id,
+    bound as mark_at and mark_id), as an index range from that row onwards:
+    no offset to skip over, however deep."""
+    created_at, mark_at = model.created_at, Slot("mark_at")
+    return (created_at >= mark_at) & ((created_at > mark_at) | (model.id > Slot("mark_id")))
 
 
 def cursor_link(rows):
     """The next page after a cursor page starts after its last row."""
     if rows:
-        return f'<{page_url(after=rows[-1].id, offset=None)}>; rel="next"'
+        return f'<{page_url(after=rows[-1]["id"], offset=None)}>; rel="next"'
     return None
 
 

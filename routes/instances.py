@@ -15,15 +15,15 @@ class Instances(MethodView):
     @blp.response(200, InstanceSchema(many=True))
     def get(self, args):
         """List instances, newest first unless sorted."""
-        return list_response(Instance.select(), args)
+        return list_response(Instance, args)
 
     @blp.arguments(InstanceCreateSchema)
     @blp.response(201, InstanceSchema)
     def post(self, data):
         """Create an instance."""
         with write():
-            instance = Instance.create(**data)
-        return created(instance, "instances.InstanceById", instance_id=instance.id)
+            [instance] = Instance.add([data])
+        return created(instance, "instances.InstanceById", instance_id=instance["id"])
 
 
 @blp.route("/<uuid:instance_id>")

@@ -1,7 +1,7 @@
 """/api/instances/{id}/logs: what happened on an instance."""
 from flask.views import MethodView
 
-from models import Instance, InstanceLog, write
+from models import Instance, InstanceLog, Slot, run, write
 from routes.common import (
     Blueprint, created, get_or_404, list_response, not_found, require_instance,
 )
@@ -18,8 +18,8 @@ class InstanceLogs(MethodView):
     @blp.response(200, LogSchema(many=True))
     def get(self, args, instance_id):
         """List an instance's logs, newest first, or oldest first after a cursor."""
-        return list_response(InstanceLog.select().where(InstanceLog.instance == instance_id),
-                             args, total=log_count(instance_id))
+        return list_response(InstanceLog, args, scope={"instance": instance_id},
+                             total=log_count(instance_id))
 
     @blp.arguments(LogBatchSchema)
     @blp.response(201, LogOneOrManySchema)
@@ -34,7 +34,7 @@ class InstanceLogs(MethodView):
             if isinstance(data, list):
                 return InstanceLog.append(instance_id, data)
             [log] = InstanceLog.append(instance_id, [data])
-        return created(log, "logs.InstanceLogById", instance_id=instance_id, log_id=log.id)
+        return created(log, "logs.InstanceLogById", instance_id=instance_id, log_id=log["id"])
 
 
 @blp.route("/<uuid:log_id>")
@@ -42,13 +42,14 @@ class InstanceLogById(MethodView):
     @blp.response(200, LogSchema)
     def get(self, instance_id, log_id):
         """Fetch one log of an instance."""
-        return get_or_404(InstanceLog, log_id, InstanceLog.instance == instance_id)
+        return get_or_404(InstanceLog, log_id, instance_id)
 
 
 def log_count(instance_id):
     """The instance's log counter, read with the same lookup that tells
     whether it exists (404 otherwise): one query instead of two."""
-    count = Instance.select(Instance.log_count).where(Instance.id == instance_id).scalar()
-    if count is None:
+    row = run(("log count",), lambda: Instance.select(Instance.log_count).where(
+        Instance.id == Slot("id")), {"id": instance_id}).fetchone()
+    if row is None:
         not_found(Instance, instance_id)
-    return count
+    return row[0]

@@ -3,7 +3,7 @@ from flask.views import MethodView
 
 from models import InstancePlan, for_write, write
 from routes.common import (
-    Blueprint, children_of, created, get_for_write, get_or_404, invalid, list_response,
+    Blueprint, created, get_for_write, get_or_404, invalid, list_response,
     require_instance,
 )
 from schemas import PlanCreateSchema, PlanQuerySchema, PlanSchema, PlanUpdateSchema
@@ -18,7 +18,8 @@ class InstancePlans(MethodView):
     @blp.response(200, PlanSchema(many=True))
     def get(self, args, instance_id):
         """List an instance's plans, newest first unless sorted."""
-        return list_response(children_of(InstancePlan, instance_id), args)
+        require_instance(instance_id)
+        return list_response(InstancePlan, args, scope={"instance": instance_id})
 
     @blp.arguments(PlanCreateSchema)
     @blp.response(201, PlanSchema)
@@ -36,15 +37,14 @@ class InstancePlanById(MethodView):
     @blp.response(200, PlanSchema)
     def get(self, instance_id, plan_id):
         """Fetch one plan of an instance."""
-        return get_or_404(InstancePlan, plan_id, InstancePlan.instance == instance_id)
+        return get_or_404(InstancePlan, plan_id, instance_id)
 
     @blp.arguments(PlanUpdateSchema)
     @blp.response(200, PlanSchema)
     def put(self, data, instance_id, plan_id):
         """Update some fields of a plan; the others keep their values."""
         with write():
-            plan = get_for_write(InstancePlan, plan_id, PlanSchema,
-                                 InstancePlan.instance == instance_id)
+            plan = get_for_write(InstancePlan, plan_id, PlanSchema, instance_id)
             if "parent_id" in data:
                 check_parent(instance_id, data["parent_id"], plan)
             return plan.apply(data)
@@ -55,8 +55,7 @@ class InstancePlanById(MethodView):
     def delete(self, instance_id, plan_id):
         """Delete a plan; its child plans stay, as top-level plans."""
         with write():
-            plan = get_for_write(InstancePlan, plan_id, PlanSchema,
-                                 InstancePlan.instance == instance_id)
+            plan = get_for_write(InstancePlan, plan_id, PlanSchema, instance_id)
             plan.detach_children()
             plan.delete_instance()
 
