@@ -20,8 +20,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 from peewee import (
-    SQL, Case, DatabaseProxy, DateTimeField, ForeignKeyField, IntegerField, JSONField, Model,
-    Node, TextField, UUIDField, __exception_wrapper__, fn,
+    SQL, Case, DatabaseProxy, DateTimeField, EnclosedNodeList, ForeignKeyField, IntegerField,
+    JSONField, Model, Node, TextField, UUIDField, __exception_wrapper__, fn,
 )
 from playhouse.migrate import SchemaMigrator, migrate
 from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
@@ -492,7 +492,9 @@ class Instance(EditableModel):
         )
 
 
-Instance.add_index(Instance.index(Instance.sort_key("status"), name="instance_status_rank"))
+# In parentheses of its own: PostgreSQL takes an expression in an index only so.
+Instance.add_index(Instance.index(EnclosedNodeList([Instance.sort_key("status")]),
+                                  name="instance_status_rank"))
 
 
 class InstanceLog(BaseModel):
