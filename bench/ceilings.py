@@ -2,7 +2,7 @@
 the service's own settings: a bare WSGI callable and a bare Flask route, each
 answering a constant small JSON body.
 
-    python bench/ceilings.py wsgi|flask PORT
+    python bench/ceilings.py wsgi|flask PORT [THREADS]
 """
 import sys
 from pathlib import Path
@@ -33,11 +33,11 @@ def bare_flask():
     return flask_app
 
 
-def main(kind, port):
+def main(kind, port, threads=DEFAULTS["THREADS"]):
     application = bare_wsgi if kind == "wsgi" else bare_flask()
     # The service's waitress settings (app.serve), so only the app differs.
     server = waitress.create_server(
-        application, host="127.0.0.1", port=int(port), threads=DEFAULTS["THREADS"],
+        application, host="127.0.0.1", port=int(port), threads=int(threads),
         channel_timeout=DEFAULTS["CHANNEL_TIMEOUT"],
         connection_limit=DEFAULTS["CONNECTION_LIMIT"],
         max_request_header_size=DEFAULTS["MAX_HEADER_BYTES"], ident="ceiling")

@@ -27,6 +27,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from app import DEFAULTS  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DATA = HERE / "data"
@@ -151,6 +155,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="small,large")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=DEFAULTS["THREADS"],
+                        help="waitress threads, for the service and the ceilings alike")
     parser.add_argument("--seconds", type=int, default=3)
     parser.add_argument("--scaling", action="store_true",
                         help="compare 1 and 2 workers on both engines instead")
@@ -160,20 +166,23 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.report_only:
         saved = json.loads((HERE / "results.json").read_text())
+        args.threads = saved.get("threads", args.threads)
         return report(saved["samples"], saved["peak_rss_mb"], args)
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed: apt-get install wrk (make bench does it)")
     if args.scaling:
         return scaling(args)
 
-    ceilings = {kind: start([sys.executable, str(HERE / "ceilings.py"), kind, "0"])
+    threads = str(args.threads)
+    ceilings = {kind: start([sys.executable, str(HERE / "ceilings.py"), kind, "0", threads])
                 for kind in ("wsgi", "flask")}
     samples, rss = [], {}
     try:
         for size in args.sizes.split(","):
             work = seeded(size)
             hot, other, site, first, deep, depth = pick(work)
-            proc, api = start([sys.executable, "app.py", "--port", "0", "--db", str(work)])
+            proc, api = start([sys.executable, "app.py", "--port", "0", "--db", str(work),
+                               "--threads", threads])
             try:
                 plan = targets(api, hot, other, site, first, deep, depth)
                 plan["ceiling_wsgi"] = (ceilings["wsgi"][1] + "/", None, 1)
@@ -273,8 +282,8 @@ def medians(samples):
 
 def report(samples, rss, args):
     table = medians(samples)
-    (HERE / "results.json").write_text(json.dumps({"samples": samples, "peak_rss_mb": rss},
-                                                  indent=1))
+    (HERE / "results.json").write_text(json.dumps(
+        {"samples": samples, "peak_rss_mb": rss, "threads": args.threads}, indent=1))
     machine = (f"{platform.node()}: {os.cpu_count()} CPUs, {platform.machine()}, "
                f"Python {platform.python_version()}, load generator (wrk -t2) on the same host")
     lines = [
@@ -282,7 +291,7 @@ def report(samples, rss, args):
         f"One run of `make bench` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
         f"{machine}. {args.rounds} rounds of {args.seconds} s per cell, medians; "
         "the ceilings ran in the same rounds on the same waitress settings "
-        "(8 threads).", "",
+        f"({args.threads} threads).", "",
         "![req/s per operation](results.png)", "",
         "| size | operation | conc. | req/s | rows/s | p50 ms | p99 ms | non-2xx "
         "| x bare Flask |",
