@@ -275,7 +275,9 @@ class UTCDateTimeField(DateTimeField):
 
 
 def _dumps(value):
-    return orjson.dumps(value).decode()
+    # Keys sorted at every depth: the text is then the JSON the API writes
+    # (schemas.JSONObject), and a read on SQLite passes it on as it is.
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
 
 
 class ObjectField(JSONField):
@@ -354,7 +356,9 @@ def wire_reader(field):
     if isinstance(field, UTCDateTimeField):
         return _text_rfc3339 if db.text_timestamps else rfc3339
     if isinstance(field, ObjectField) and is_sqlite():
-        return orjson.loads
+        # The stored text is already the output (ObjectField stores it
+        # canonical): written into the response as it is, never parsed.
+        return orjson.Fragment
     return None   # PostgreSQL's driver already gives JSON values
 
 
@@ -608,7 +612,7 @@ MODELS = (Instance, InstanceLog, InstancePlan, IdempotencyKey, SchemaVersion)
 
 # Files written by the first release have the tables but no schema_version.
 FIRST_VERSION = 1
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class SchemaTooNew(Exception):
@@ -639,9 +643,27 @@ def recount_logs():
     Instance.update(log_count=counted).execute()
 
 
+def _canonical_json(migrator):
+    # Until version 4, JSON text was stored in the order it was sent; reads
+    # now pass the stored text on as the response's (wire_reader). jsonb on
+    # PostgreSQL keeps no order of its own, and its rows are sorted on output.
+    if not is_sqlite():
+        return
+    db.register_function(_canonical, "canonical_json", 1, deterministic=True)
+    for model, column in ((Instance, "configuration"), (Instance, "environment_variables"),
+                          (InstanceLog, "details")):
+        db.execute_sql(f'UPDATE "{model._meta.table_name}" '
+                       f'SET "{column}" = canonical_json("{column}")')
+
+
+def _canonical(text):
+    return _dumps(orjson.loads(text))
+
+
 # MIGRATIONS[n] takes a database at version n - 1 to version n. New tables and
-# indexes need no entry: create_tables(safe=True) adds whatever is missing.
-MIGRATIONS = {2: _add_plan_tree_and_times, 3: _count_logs_per_instance}
+# indexes need no entry: create_tables(safe=True) adds whatever is missing
+# (version 4's sort indexes).
+MIGRATIONS = {2: _add_plan_tree_and_times, 3: _count_logs_per_instance, 4: _canonical_json}
 
 
 def create_tables():

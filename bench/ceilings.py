@@ -1,6 +1,6 @@
 """The two ceilings the service is measured against, served by waitress with
-the service's own settings: a bare WSGI callable and a bare Flask route, each
-answering a constant small JSON body.
+the service's own settings and GIL switch interval: a bare WSGI callable and
+a bare Flask route, each answering a constant small JSON body.
 
     python bench/ceilings.py wsgi|flask PORT [THREADS]
 """
@@ -12,7 +12,7 @@ from flask import Flask
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app import DEFAULTS  # noqa: E402
+from app import DEFAULTS, SWITCH_INTERVAL  # noqa: E402
 
 BODY = b'{"status":"ok"}'
 
@@ -35,6 +35,7 @@ def bare_flask():
 
 def main(kind, port, threads=DEFAULTS["THREADS"]):
     application = bare_wsgi if kind == "wsgi" else bare_flask()
+    sys.setswitchinterval(SWITCH_INTERVAL)  # as app.serve
     # The service's waitress settings (app.serve), so only the app differs.
     server = waitress.create_server(
         application, host="127.0.0.1", port=int(port), threads=int(threads),

@@ -452,7 +452,8 @@ def test_a_file_from_the_first_release_is_migrated_keeping_its_rows(build, tmp_p
         conn.executescript((ROOT / "tests" / "data" / "schema_v1.sql").read_text())
         conn.execute("INSERT INTO instance VALUES ('01a224b0000070008000000000000001', "
                      "'2026-11-28 10:00:00.000000', '2026-11-28 10:00:00.000000', ?, ?, "
-                     "'old box', 'ubuntu', 'running', NULL, '{}', '{}')",
+                     "'old box', 'ubuntu', 'running', NULL, '{\"b\": 1, \"a\": {\"d\": 2, "
+                     "\"c\": [3]}}', '{}')",
                      (SITE.replace("-", ""), USER.replace("-", "")))
         conn.execute("INSERT INTO instance_plan VALUES ('01a224b0000070008000000000000002', "
                      "'2026-11-28 10:00:01.000000', '2026-11-28 10:00:01.000000', "
@@ -474,6 +475,9 @@ def test_a_file_from_the_first_release_is_migrated_keeping_its_rows(build, tmp_p
     logs = client.get(plans.replace("plans", "logs"))
     assert [log["message"] for log in logs.get_json()] == ["Old line"]
     assert logs.headers["X-Total-Count"] == "1"  # the counter added in version 3
+    # Version 4 stores JSON with sorted keys, and reads pass that text on.
+    box = client.get("/api/instances/01a224b0-0000-7000-8000-000000000001")
+    assert b'"configuration":{"a":{"c":[3],"d":2},"b":1}' in box.data
     assert schema_version(path) == [(models.SCHEMA_VERSION,)]
 
 
