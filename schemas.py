@@ -59,7 +59,9 @@ class JSONObject(fields.Dict):
     PostgreSQL's jsonb does not keep key order, so without this a resource
     read back would differ from the one just written (and so would its
     ETag), and the two engines would answer differently. Inputs nest at most
-    64 levels (routes/common.py), well within recursion limits."""
+    64 levels (routes/common.py), well within recursion limits. The keys of
+    a JSON object are strings already; a `keys` field is only for rules of
+    its own (environment variable names)."""
 
     def _serialize(self, value, attr, obj, **kwargs):
         # What is written out was stored, so was checked on the way in:
@@ -219,7 +221,7 @@ class InstanceSchema(Representation):
     instance_type = Enum(INSTANCE_TYPES)
     status = Enum(INSTANCE_STATUSES)
     agent_id = fields.UUID(allow_none=True)
-    configuration = JSONObject(keys=fields.String())
+    configuration = JSONObject()
     environment_variables = JSONObject(
         keys=fields.String(validate=Pattern(ENV_KEY, error="Variable names must match {regex}.")),
         values=fields.String())
@@ -276,7 +278,7 @@ class LogSchema(Representation):
     log_type = Slug()
     level = Enum(LOG_LEVELS)
     message = fields.String(validate=validate.Length(1, 65536))
-    details = JSONObject(keys=fields.String())
+    details = JSONObject()
     created_at = Moment(dump_only=True)
 
     EXAMPLE = {
