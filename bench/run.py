@@ -24,6 +24,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -100,6 +102,16 @@ def wrk(url, connections, seconds, script=None):
     }
 
 
+def settle(api):
+    """Wait until the server has answered what the last cell left queued.
+    wrk stops sending when its time is up, but up to `connections` requests
+    are still in the server (32 batches of 1,000 logs are over a second of
+    work), and the next cell would measure them. waitress serves requests in
+    order of arrival, so a health check answers once they are done."""
+    with urllib.request.urlopen(f"{api}/healthz", timeout=60) as resp:
+        resp.read()
+
+
 def seeded(size):
     """A fresh working copy of the seeded dataset (seeding once per size)."""
     DATA.mkdir(exist_ok=True)
@@ -131,7 +143,6 @@ def pick(work):
 
 
 def uuid_of(text):
-    import uuid
     return uuid.UUID(text)
 
 
@@ -191,6 +202,7 @@ def main(argv=None):
                     for op, (url, script, rows) in plan.items():
                         for connections in CONCURRENCY:
                             result = wrk(url, connections, args.seconds, script)
+                            settle(api)
                             samples.append({"size": size, "op": op, "c": connections,
                                             "round": round_no, "rows": rows, **result})
                             print(f"{size:5} {op:16} c={connections:<2} round {round_no}: "
@@ -259,7 +271,6 @@ def scaling(args):
 
 
 def create_one(api):
-    import urllib.request
     request = urllib.request.Request(
         f"{api}/api/instances", method="POST", headers={"Content-Type": "application/json"},
         data=json.dumps({"site_id": SITE, "user_id": USER, "name": "bench"}).encode())
