@@ -302,7 +302,8 @@ def report(samples, rss, args):
         f"One run of `make bench` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
         f"{machine}. {args.rounds} rounds of {args.seconds} s per cell, medians; "
         "the ceilings ran in the same rounds on the same waitress settings "
-        f"({args.threads} threads).", "",
+        f"({args.threads} threads) and GIL switch interval; each cell started once the "
+        "server had answered what the previous one left queued.", "",
         "![req/s per operation](results.png)", "",
         "| size | operation | conc. | req/s | rows/s | p50 ms | p99 ms | non-2xx "
         "| x bare Flask |",
