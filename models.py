@@ -534,13 +534,16 @@ class InstanceLog(BaseModel):
 
     @classmethod
     def append(cls, instance_id, entries):
-        """Insert logs and count them on their instance; the caller's write
-        transaction makes it all or nothing."""
-        logs = cls.add([{"instance_id": instance_id, **entry} for entry in entries])
-        run(("count logs",), lambda: Instance.update(
+        """Count logs on their instance, then insert them; None when there is
+        no such instance. The count comes first: the UPDATE finds the
+        instance and locks its row until the caller's write transaction,
+        which makes it all or nothing, ends."""
+        counted = run(("count logs",), lambda: Instance.update(
             log_count=Instance.log_count + Slot("added")).where(Instance.id == Slot("id")),
-            {"added": len(logs), "id": instance_id})
-        return logs
+            {"added": len(entries), "id": instance_id})
+        if counted.rowcount == 0:
+            return None
+        return cls.add([{"instance_id": instance_id, **entry} for entry in entries])
 
 
 class InstancePlan(EditableModel):

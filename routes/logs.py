@@ -2,9 +2,7 @@
 from flask.views import MethodView
 
 from models import Instance, InstanceLog, Slot, run, write
-from routes.common import (
-    Blueprint, created, get_or_404, list_response, not_found, require_instance,
-)
+from routes.common import Blueprint, created, get_or_404, list_response, not_found
 from routes.docs import one_or_many
 from schemas import BATCH_MAX, LogBatchSchema, LogOneOrManySchema, LogQuerySchema, LogSchema
 
@@ -30,11 +28,13 @@ class InstanceLogs(MethodView):
     def post(self, data, instance_id):
         """Append one log (an object) or a batch of 1 to 1000 (an array)."""
         with write():
-            require_instance(instance_id, lock=True)
-            if isinstance(data, list):
-                return InstanceLog.append(instance_id, data)
-            [log] = InstanceLog.append(instance_id, [data])
-        return created(log, "logs.InstanceLogById", instance_id=instance_id, log_id=log["id"])
+            logs = InstanceLog.append(instance_id, data if isinstance(data, list) else [data])
+            if logs is None:
+                not_found(Instance, instance_id)
+        if isinstance(data, list):
+            return logs
+        return created(logs[0], "logs.InstanceLogById", instance_id=instance_id,
+                       log_id=logs[0]["id"])
 
 
 @blp.route("/<uuid:log_id>")
