@@ -127,7 +127,7 @@ def check_storable(data, body):
     sent: nesting past MAX_DEPTH, a string with NUL (PostgreSQL cannot store
     it, and C tools cut the string there), or an integer beyond 64 bits.
     Cheap byte scans decide whether the parsed data needs walking at all."""
-    if body.count(b"[") + body.count(b"{") > MAX_DEPTH:
+    if body.count(b"[") + body.count(b"{") > MAX_DEPTH and nests_deeper(data, MAX_DEPTH):
         refuse_at(find(data, lambda value, depth: depth > MAX_DEPTH
                        and isinstance(value, (dict, list))),
                   f"Nested deeper than {MAX_DEPTH} levels; the service keeps at most that.")
@@ -140,6 +140,20 @@ def check_storable(data, body):
         refuse_at(find(json.loads(body), lambda value, depth: isinstance(value, int)
                        and not -(2**63) <= value < 2**64),
                   "An integer beyond 64 bits cannot be kept exactly; send it as a string.")
+
+
+def nests_deeper(data, limit):
+    """Whether objects and arrays in `data` nest past `limit` levels (the body
+    is level 1). Looks at containers only, level by level: a batch of 1,000
+    logs has more than `limit` brackets without being deep, and `find` would
+    visit every value with its path."""
+    level, containers = 1, [data]
+    while containers and level <= limit:
+        containers = [child for value in containers
+                      for child in (value.values() if isinstance(value, dict) else value)
+                      if isinstance(child, (dict, list))]
+        level += 1
+    return bool(containers)
 
 
 def refuse_at(where, message):
