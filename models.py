@@ -343,8 +343,9 @@ def bind(params, values):
 
 def representations(model, cursor):
     """The rows of `model.select()` as dicts of JSON values by column name
-    (ids and timestamps as text, objects parsed): what the output schemas
-    dump, without building a model instance and typed values per row."""
+    (ids and timestamps as text; JSON objects as stored text on SQLite,
+    parsed on PostgreSQL): what the output schemas dump, without building a
+    model instance and typed values per row."""
     readers = db.readers.get(model)
     if readers is None:
         readers = db.readers[model] = [(field.column_name, wire_reader(field))
