@@ -189,8 +189,8 @@ def get_or_404(model, row_id, instance_id=None):
     """The representation of the row with this id (under `instance_id`, for a
     nested resource), or 404 naming the kind."""
     scope = {"id": row_id} if instance_id is None else {"id": row_id, "instance": instance_id}
-    rows = representations(model, run(
-        ("one", model, *scope), lambda: model.select().where(*matching(model, scope)), scope))
+    rows = representations(model, ("one", model, *scope),
+                           lambda: model.select().where(*matching(model, scope)), scope)
     if not rows:
         not_found(model, row_id)
     return rows[0]
@@ -334,7 +334,7 @@ def list_response(model, args, scope=None, total=None):
     # after a cursor are fewer than `total`); SQLite would refuse an offset
     # beyond 64 bits, so it is never asked.
     rows = [] if offset >= total else representations(
-        model, run(("page", *shape, sort, after), page, values))
+        model, ("page", *shape, sort, after), page, values)
     headers = {"X-Total-Count": str(total)}
     link = cursor_link(rows) if after else page_links(total, limit, offset)
     if link:
