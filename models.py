@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 from peewee import (
     SQL, Case, DatabaseProxy, DateTimeField, EnclosedNodeList, ForeignKeyField, IntegerField,
-    JSONField, Model, Node, TextField, UUIDField, fn,
+    IntegrityError, JSONField, Model, Node, TextField, UUIDField, fn,
 )
 from playhouse.migrate import SchemaMigrator, migrate
 from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
@@ -104,6 +104,11 @@ class Writer:
     timeout then only waits for other processes (a backup, a second server).
     Re-entrant, so a write inside a write (a POST with an Idempotency-Key)
     nests as a savepoint.
+
+    A write of one statement needs no transaction of its own (`atomic`
+    false): each statement is atomic on both engines, and BEGIN and COMMIT
+    would be two more statements, each giving up the GIL twice on SQLite.
+    Inside another write it is part of that write's transaction.
     """
 
     def __init__(self, timeout):
@@ -111,11 +116,14 @@ class Writer:
         self.lock = threading.RLock()
 
     @contextmanager
-    def __call__(self):
+    def __call__(self, atomic=True):
         if not self.lock.acquire(timeout=self.timeout):
             raise WriterBusy(f"no write lock within {self.timeout:g} s")
         try:
-            with db.atomic():
+            if atomic:
+                with db.atomic():
+                    yield
+            else:
                 yield
         finally:
             self.lock.release()
@@ -206,10 +214,11 @@ def _casefold(text):
     return None if text is None else text.casefold()
 
 
-def write():
+def write(atomic=True):
     """The transaction every write runs in: the process's writer lock, then
-    BEGIN IMMEDIATE (see Writer and open_sqlite)."""
-    return db.writer()
+    BEGIN IMMEDIATE (see Writer and open_sqlite); for a single statement,
+    the lock alone."""
+    return db.writer(atomic)
 
 
 def contains_folded(field, folded):
@@ -228,6 +237,19 @@ def fold(text):
 
 _uuid7_lock = threading.Lock()
 _uuid7_last = 0
+# Random bytes for ids, drawn from the OS 4 KiB at a time: os.urandom is a
+# system call, and each one gives up the GIL, which a batch of 1,000 logs
+# did 1,000 times. A forked worker draws its own: sharing its parent's
+# bytes, two workers could make the same id in the same millisecond.
+_entropy = memoryview(b"")
+
+
+def _draw_afresh():
+    global _entropy
+    _entropy = memoryview(b"")
+
+
+os.register_at_fork(after_in_child=_draw_afresh)
 
 
 def uuid7():
@@ -238,9 +260,13 @@ def uuid7():
     the clock steps back) the 122 free bits are bumped by one instead, which
     keeps them strictly increasing.
     """
-    global _uuid7_last
-    candidate = (time.time_ns() // 1_000_000) << 74 | int.from_bytes(os.urandom(10)) >> 6
+    global _uuid7_last, _entropy
+    now = time.time_ns() // 1_000_000
     with _uuid7_lock:
+        if len(_entropy) < 10:
+            _entropy = memoryview(os.urandom(4096))
+        candidate = now << 74 | int.from_bytes(_entropy[:10]) >> 6
+        _entropy = _entropy[10:]
         value = _uuid7_last = max(candidate, _uuid7_last + 1)
     ms, rand_a, rand_b = value >> 74, (value >> 62) & 0xFFF, value & ((1 << 62) - 1)
     return uuid.UUID(int=ms << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b)
@@ -435,8 +461,9 @@ class BaseModel(Model):
 
     @classmethod
     def add(cls, rows):
-        """Insert `rows` (dicts by column name) in the caller's transaction,
-        with the defaults of absent columns, and return them complete.
+        """Insert `rows` (dicts by column name), all or none, with the
+        defaults of absent columns, and return them complete. A write of its
+        own, or part of the caller's.
 
         One multi-row INSERT per ADD_CHUNK rows, compiled once per row count
         (models.run). Row by row, SQLite gives up the GIL after every row,
@@ -444,13 +471,14 @@ class BaseModel(Model):
         behind the threads that are parsing and serializing."""
         rows = [cls.complete({**cls._meta.get_default_dict(), **row}) for row in rows]
         fields = cls._meta.sorted_fields
-        for start in range(0, len(rows), ADD_CHUNK):
-            chunk = rows[start:start + ADD_CHUNK]
-            run(("insert", cls, len(chunk)), lambda: cls.insert_many([
-                {field: Slot((index, field.column_name), field.db_value) for field in fields}
-                for index in range(len(chunk))]).returning(),   # noqa: B023 (called at once)
-                {(index, name): value for index, row in enumerate(chunk)
-                 for name, value in row.items()})
+        with write(atomic=len(rows) > ADD_CHUNK):
+            for start in range(0, len(rows), ADD_CHUNK):
+                chunk = rows[start:start + ADD_CHUNK]
+                run(("insert", cls, len(chunk)), lambda: cls.insert_many([
+                    {field: Slot((index, field.column_name), field.db_value) for field in fields}
+                    for index in range(len(chunk))]).returning(),   # noqa: B023 (called at once)
+                    {(index, name): value for index, row in enumerate(chunk)
+                     for name, value in row.items()})
         return rows
 
     @classmethod
@@ -573,16 +601,44 @@ class InstanceLog(BaseModel):
 
     @classmethod
     def append(cls, instance_id, entries):
-        """Count logs on their instance, then insert them; None when there is
-        no such instance. The count comes first: the UPDATE finds the
-        instance and locks its row until the caller's write transaction,
-        which makes it all or nothing, ends."""
-        counted = run(("count logs",), lambda: Instance.update(
-            log_count=Instance.log_count + Slot("added")).where(Instance.id == Slot("id")),
-            {"added": len(entries), "id": instance_id})
-        if counted.rowcount == 0:
-            return None
-        return cls.add([{"instance_id": instance_id, **entry} for entry in entries])
+        """Insert logs of one instance, all or none; None when there is no
+        such instance (the foreign key refuses them). Their instance's
+        log_count rises in the same statement (COUNT_LOGS)."""
+        try:
+            return cls.add([{"instance_id": instance_id, **entry} for entry in entries])
+        except IntegrityError as exc:
+            if "foreign key" in str(exc).lower():
+                return None
+            raise
+
+
+# Instance.log_count follows the inserts into instance_log in the database
+# itself, so every insert keeps it (the API, a bulk seed) and a single log is
+# one statement. SQLite triggers run per row; PostgreSQL's runs once per
+# statement over the inserted rows. Logs are deleted only with their instance.
+COUNT_LOGS = {
+    "sqlite": ["""
+        CREATE TRIGGER IF NOT EXISTS instance_log_counted AFTER INSERT ON instance_log
+        BEGIN
+            UPDATE instance SET log_count = log_count + 1 WHERE id = NEW.instance_id;
+        END"""],
+    "postgresql": ["""
+        CREATE OR REPLACE FUNCTION instance_log_counted() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            UPDATE instance SET log_count = log_count + added.n
+            FROM (SELECT instance_id, count(*) AS n FROM new_logs GROUP BY instance_id) AS added
+            WHERE instance.id = added.instance_id;
+            RETURN NULL;
+        END $$""", """
+        CREATE OR REPLACE TRIGGER instance_log_counted AFTER INSERT ON instance_log
+        REFERENCING NEW TABLE AS new_logs FOR EACH STATEMENT
+        EXECUTE FUNCTION instance_log_counted()"""],
+}
+
+
+def create_triggers():
+    for statement in COUNT_LOGS["sqlite" if is_sqlite() else "postgresql"]:
+        db.execute_sql(statement)
 
 
 class InstancePlan(EditableModel):
@@ -666,7 +722,7 @@ MODELS = (Instance, InstanceLog, InstancePlan, IdempotencyKey, SchemaVersion)
 
 # Files written by the first release have the tables but no schema_version.
 FIRST_VERSION = 1
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 class SchemaTooNew(Exception):
@@ -714,9 +770,9 @@ def _canonical(text):
     return _dumps(orjson.loads(text))
 
 
-# MIGRATIONS[n] takes a database at version n - 1 to version n. New tables and
-# indexes need no entry: create_tables(safe=True) adds whatever is missing
-# (version 4's sort indexes).
+# MIGRATIONS[n] takes a database at version n - 1 to version n. New tables,
+# indexes and triggers need no entry: create_tables adds whatever is missing
+# (version 4's sort indexes, version 5's log counting trigger).
 MIGRATIONS = {2: _add_plan_tree_and_times, 3: _count_logs_per_instance, 4: _canonical_json}
 
 
@@ -735,8 +791,10 @@ def create_tables():
         with db.atomic():
             migrator = SchemaMigrator.from_database(db.obj)
             for step in range((version or SCHEMA_VERSION) + 1, SCHEMA_VERSION + 1):
-                MIGRATIONS[step](migrator)
+                if step in MIGRATIONS:
+                    MIGRATIONS[step](migrator)
             db.create_tables(MODELS, safe=True)
+            create_triggers()
             SchemaVersion.delete().execute()
             SchemaVersion.create(version=SCHEMA_VERSION)
 

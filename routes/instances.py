@@ -21,8 +21,7 @@ class Instances(MethodView):
     @blp.response(201, InstanceSchema)
     def post(self, data):
         """Create an instance."""
-        with write():
-            [instance] = Instance.add([data])
+        [instance] = Instance.add([data])
         return created(instance, "instances.InstanceById", instance_id=instance["id"])
 
 

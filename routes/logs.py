@@ -1,7 +1,7 @@
 """/api/instances/{id}/logs: what happened on an instance."""
 from flask.views import MethodView
 
-from models import Instance, InstanceLog, Slot, run, write
+from models import Instance, InstanceLog, Slot, run
 from routes.common import Blueprint, created, get_or_404, list_response, not_found
 from routes.docs import one_or_many
 from schemas import BATCH_MAX, LogBatchSchema, LogOneOrManySchema, LogQuerySchema, LogSchema
@@ -27,10 +27,9 @@ class InstanceLogs(MethodView):
                  "schema": one_or_many("Log", BATCH_MAX)}}}})
     def post(self, data, instance_id):
         """Append one log (an object) or a batch of 1 to 1000 (an array)."""
-        with write():
-            logs = InstanceLog.append(instance_id, data if isinstance(data, list) else [data])
-            if logs is None:
-                not_found(Instance, instance_id)
+        logs = InstanceLog.append(instance_id, data if isinstance(data, list) else [data])
+        if logs is None:
+            not_found(Instance, instance_id)
         if isinstance(data, list):
             return logs
         return created(logs[0], "logs.InstanceLogById", instance_id=instance_id,

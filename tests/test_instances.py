@@ -1,5 +1,6 @@
 """The instance resource: /api/instances and /api/instances/{id} (CONTRACT Part 1)."""
 import json
+import os
 import re
 import uuid
 from datetime import datetime
@@ -144,6 +145,23 @@ def test_ids_of_successive_creates_sort_in_creation_order(make_many):
     ids = [row["id"] for row in make_many(10)]
     assert ids == sorted(ids)
     assert len(set(ids)) == len(ids)
+
+
+def test_a_forked_worker_draws_its_own_random_bits_for_ids():
+    """Workers fork from one parent (serve --workers): ids they make in the
+    same millisecond must still differ in their random bits."""
+    models.uuid7()  # the parent has random bytes at hand
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write_end, models.uuid7().bytes)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    in_child, in_parent = os.read(read_end, 16), models.uuid7().bytes
+    os.close(read_end)
+    os.close(write_end)
+    # Bytes 8 to 15 hold 62 of the random bits (after the variant).
+    assert in_child[8:] != in_parent[8:]
 
 
 def test_created_at_equals_updated_at_on_create(instance):
