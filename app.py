@@ -296,10 +296,9 @@ def create_app(config=None):
 
     @app.teardown_request
     def release_connection(exc):
-        # Runs after errors too, so a failed request still returns its
-        # connection to the pool (rolled back if a transaction was open).
-        if not models.db.is_closed():
-            models.db.close()
+        # Runs after errors too, so a failed request leaves no transaction
+        # open on its connection.
+        models.db.release()
 
     api = Api(app, spec_kwargs={"extra_plugins": [
         HttpDocs({"Problem": ProblemSchema, "LogCreate": LogCreateSchema})]})

@@ -22,10 +22,10 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 from peewee import (
     SQL, Case, DatabaseProxy, DateTimeField, EnclosedNodeList, ForeignKeyField, IntegerField,
-    IntegrityError, JSONField, Model, Node, TextField, UUIDField, fn,
+    IntegrityError, JSONField, Model, Node, SqliteDatabase, TextField, UUIDField, fn,
 )
 from playhouse.migrate import SchemaMigrator, migrate
-from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
+from playhouse.pool import PooledPostgresqlDatabase
 
 db = DatabaseProxy()
 
@@ -51,8 +51,7 @@ SYNCHRONOUS = ("NORMAL", "FULL")
 
 def sqlite_pragmas(synchronous="NORMAL", busy_timeout=5.0):
     return (
-        # First, so that it is in force before WAL is set. (The pool takes
-        # the `timeout` argument for itself, so it cannot be passed there.)
+        # First, so that it is in force before WAL is set.
         ("busy_timeout", int(busy_timeout * 1000)),
         ("journal_mode", "wal"),
         ("synchronous", synchronous),
@@ -143,18 +142,65 @@ def open_database(target, busy_timeout=5.0, synchronous="NORMAL"):
     return open_sqlite(target, busy_timeout, synchronous)
 
 
+class ThreadSqliteDatabase(SqliteDatabase):
+    """SQLite with one connection per thread, kept open from one request to
+    the next (waitress's threads live as long as the server): pragmas run
+    once per connection, and a request borrows none, so takes no lock.
+
+    `release` ends a request; `close_all` closes every thread's connection
+    (at shutdown, before a fork, between tests)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._opened, self._opened_lock = set(), threading.Lock()
+
+    def _connect(self):
+        conn = super()._connect()
+        with self._opened_lock:
+            self._opened.add(conn)
+        return conn
+
+    def _close(self, conn):
+        with self._opened_lock:
+            self._opened.discard(conn)
+        super()._close(conn)
+
+    def release(self):
+        """Keep the connection; roll back what a failed request left open."""
+        conn = self._state.conn
+        if conn is not None and conn.in_transaction:
+            conn.rollback()
+
+    def close_all(self):
+        with self._opened_lock:
+            opened, self._opened = self._opened, set()
+        for conn in opened:
+            conn.close()
+        # Each thread's state forgets its connection, closed above.
+        self._state = type(self._state)()
+
+
+class PooledPostgres(PooledPostgresqlDatabase):
+    """PostgreSQL connections are shared out by a pool: a server has fewer
+    sessions to give than a few processes of threads would keep."""
+
+    def release(self):
+        """Give the connection back to the pool (rolled back if need be)."""
+        if not self.is_closed():
+            self.close()
+
+
 def open_sqlite(path, busy_timeout=5.0, synchronous="NORMAL"):
-    """A pooled SQLite database: each request borrows a connection and gives
-    it back at teardown, so pragmas run once per connection, not per request.
+    """A SQLite database, a connection per thread (ThreadSqliteDatabase).
 
     Every transaction begins IMMEDIATE, taking the write lock up front: the
     writes that read first (If-Match, idempotency keys, parent checks) then
     cannot interleave, and no transaction has to upgrade a read lock, which
     in WAL mode fails at once instead of waiting for the busy timeout.
     """
-    database = PooledSqliteDatabase(
+    database = ThreadSqliteDatabase(
         path, pragmas=sqlite_pragmas(synchronous, busy_timeout), lock_type="IMMEDIATE",
-        max_connections=None, check_same_thread=False,
+        check_same_thread=False,
     )
     database.writer = Writer(busy_timeout)
     database.shapes, database.readers = {}, {}
@@ -172,7 +218,7 @@ def open_postgres(url, busy_timeout=5.0):
     query = parse_qs(urlsplit(url).query)
     options = " ".join([*query.get("options", []), "-c timezone=UTC",
                         f"-c lock_timeout={int(busy_timeout * 1000)}"])
-    database = PooledPostgresqlDatabase(
+    database = PooledPostgres(
         url, prefer_psycopg3=True, max_connections=None, stale_timeout=300,
         field_types={"DATETIME": "TIMESTAMPTZ"}, options=options,
     )
@@ -192,7 +238,7 @@ def open_postgres(url, busy_timeout=5.0):
 
 
 def is_sqlite():
-    return isinstance(db.obj, PooledSqliteDatabase)
+    return isinstance(db.obj, SqliteDatabase)
 
 
 def for_write(query):

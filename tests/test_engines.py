@@ -67,9 +67,11 @@ def test_a_password_in_the_url_is_never_printed(tmp_path):
     assert "hunter2" not in result.stderr + result.stdout
 
 
-# -- connections go back to the pool -------------------------------------------
+# -- connections after a request -------------------------------------------------
 
-def test_every_request_gives_its_connection_back_failed_ones_too(client, instance):
+def test_every_request_leaves_its_connection_clean_failed_ones_too(client, instance):
+    """SQLite: the thread keeps one connection, with no transaction left open
+    on it. PostgreSQL: the connection goes back to the pool."""
     url = f"/api/instances/{instance['id']}"
     for _ in range(5):
         client.get(url)
@@ -78,7 +80,13 @@ def test_every_request_gives_its_connection_back_failed_ones_too(client, instanc
         client.post(f"{url}/plans", json={"title": "t", "plan_type": "task",
                                           "parent_id": SITE})  # 422 after a lookup
         client.patch(url, json={"name": "x"}, headers={"If-Match": '"stale"'})  # 412
-    assert models.db.obj._in_use == {}
+        client.post(f"/api/instances/{instance['id'][:-1]}0/logs",
+                    json={"log_type": "system", "message": "m"})  # 404 from the database
+    if models.is_sqlite():
+        assert len(models.db.obj._opened) == 1
+        assert not models.db.connection().in_transaction
+    else:
+        assert models.db.obj._in_use == {}
 
 
 # -- several processes -----------------------------------------------------------
