@@ -427,34 +427,47 @@ def representations(model, shape, build, values):
     with the server's threads busy each of those costs a thread switch to
     get it back: a page of 50 rows took 3.5 times the CPU of the same page
     read in one step (bench/run.py, list_logs)."""
+    return counted_representations(model, shape, build, values)[1]
+
+
+def counted_representations(model, shape, build, values, count=None):
+    """(total, rows): the value the query `count()` makes (a COUNT, one row
+    and column), or None without `count`, and the `representations` of the
+    rows `build()` makes, both bound to `values`. On SQLite both come from
+    one statement: each statement is a few more GIL hand-offs under load."""
     if not is_sqlite():
+        total = None if count is None else run(("count", *shape), count, values).fetchone()[0]
         readers = db.readers.get(model)
         if readers is None:
             readers = db.readers[model] = [(field.column_name, wire_reader(field))
                                            for field in model._meta.sorted_fields]
-        return [{name: value if read is None or value is None else read(value)
-                 for (name, read), value in zip(readers, row)}
-                for row in run(shape, build, values)]
-    sql, params = compiled(("json rows", *shape), lambda: json_rows(model, build().sql()))
+        return total, [{name: value if read is None or value is None else read(value)
+                        for (name, read), value in zip(readers, row)}
+                       for row in run(shape, build, values)]
+    sql, params = compiled(("json rows", count is None, *shape), lambda: json_rows(
+        model, build().sql(), None if count is None else count().sql()))
+    total, text = db.execute_sql(sql, bind(params, values)).fetchone()
     names, objects = columns(model)
-    rows = [dict(zip(names, row)) for row in
-            orjson.loads(db.execute_sql(sql, bind(params, values)).fetchone()[0])]
+    rows = [dict(zip(names, row)) for row in orjson.loads(text)]
     for name in objects:
         for row in rows:
             if row[name] is not None:
                 row[name] = orjson.Fragment(row[name])
-    return rows
+    return total, rows
 
 
-def json_rows(model, compiled_select):
-    """SQLite: `compiled_select` (a model.select()) as one JSON array of its
-    rows, each an array of its columns' JSON values. The aggregate reads the
-    rows in the order the ordered, limited subquery yields them (SQLite
-    3.44 would take the ORDER BY inside the aggregate; 3.40 is common)."""
-    sql, params = compiled_select
+def json_rows(model, select, count=None):
+    """SQLite: one statement for the compiled `select` (a model.select()):
+    the compiled `count` query's value (or NULL), and a JSON array of the
+    select's rows, each an array of its columns' JSON values. The aggregate
+    reads the rows in the order the ordered, limited subquery yields them
+    (SQLite 3.44 would take the ORDER BY inside the aggregate; 3.40 is
+    common)."""
+    (sql, params), (count_sql, count_params) = select, count or ("NULL", [])
     values = ", ".join(_sqlite_json_value(field, f'"row"."{field.column_name}"')
                        for field in model._meta.sorted_fields)
-    return f'SELECT json_group_array(json_array({values})) FROM ({sql}) AS "row"', params
+    return (f'SELECT ({count_sql}), json_group_array(json_array({values})) '
+            f'FROM ({sql}) AS "row"', [*count_params, *params])
 
 
 def _sqlite_json_value(field, column):

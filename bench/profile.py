@@ -8,7 +8,6 @@ cost per request. Run it on a seeded dataset (bench/seed.py):
 The database is copied first; the writes go to the copy.
 """
 import io
-import logging
 import os
 import shutil
 import sqlite3
@@ -22,7 +21,7 @@ from werkzeug.test import EnvironBuilder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app import create_app  # noqa: E402
+from app import configure_logging, create_app  # noqa: E402
 from bench.ceilings import bare_flask  # noqa: E402
 
 SITE, USER = "5b0c6b52-3c6b-4a55-8f6e-0d7c3a1e9a01", "9d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6"
@@ -60,8 +59,7 @@ def call(app, environ):
 def main(source, *wanted):
     # As `instance-api serve` logs (one access line per request), but to
     # nowhere: the cost of writing the line is counted, not the terminal's.
-    logging.basicConfig(level=logging.INFO, stream=open(os.devnull, "w"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(stream=open(os.devnull, "w"))
     wanted = [op for op in wanted if not op.startswith("--")]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp) / "profile.db"

@@ -14,11 +14,13 @@ from webargs.flaskparser import FlaskParser
 from werkzeug.http import generate_etag
 
 from models import (
-    LOG_LEVELS, Instance, Slot, contains_folded, fold, for_write, representations, run,
+    LOG_LEVELS, Instance, Slot, contains_folded, counted_representations, fold, for_write,
+    representations, run,
 )
 from routes.idempotency import idempotent
 
 PAGING = ("limit", "offset", "sort", "after")
+MAX_OFFSET = 2**63 - 1
 
 # Filters that are not "column equals value" (a list means "column in
 # list"): the condition, given the Slot (or list of Slots) of the value, and
@@ -282,7 +284,9 @@ def list_response(model, args, scope=None, total=None):
     after the `after` cursor. `total`, when the caller keeps it, is the
     count of the rows in `scope`, used instead of counting. Each query is a
     compiled shape (models.run): the shape is which filters are given and
-    with how many values, the sort, and whether there is a cursor.
+    with how many values, the sort, and whether there is a cursor. The count
+    and the page are one statement where the engine allows
+    (models.counted_representations).
     """
     scope = scope or {}
     values, filters = dict(scope), []
@@ -306,9 +310,8 @@ def list_response(model, args, scope=None, total=None):
             for name, count in filters)]
         return query.where(*conditions) if conditions else query
 
-    if filters or total is None:
-        total = run(("count", *shape), lambda: where(model.select(fn.COUNT(SQL("*")))),
-                    values).fetchone()[0]
+    count = None if total is not None and not filters else (
+        lambda: where(model.select(fn.COUNT(SQL("*")))))
     # The cursor is a position, like offset: the total ignores it, so a page
     # costs the same at any depth, and a tailer sees how long the log is.
     after = "after" in args
@@ -320,7 +323,10 @@ def list_response(model, args, scope=None, total=None):
             invalid("query", "after", f"No {noun(model)} with id {args['after']} in this list.")
         values["mark_at"], values["mark_id"] = mark
     sort = tuple(args.get("sort", ()))
-    limit, offset = values["limit"], values["offset"] = args["limit"], args["offset"]
+    limit, offset = args["limit"], args["offset"]
+    # 1.6: an offset past the end is an empty page, however large; both
+    # engines refuse one beyond 64 bits, and no list is that long.
+    values["limit"], values["offset"] = limit, min(offset, MAX_OFFSET)
 
     def page():
         query = where(model.select())
@@ -330,11 +336,9 @@ def list_response(model, args, scope=None, total=None):
             query = query.order_by(*ordering(model, sort))
         return query.limit(Slot("limit")).offset(Slot("offset"))
 
-    # 1.6: an offset past the end is an empty page, however large (the rows
-    # after a cursor are fewer than `total`); SQLite would refuse an offset
-    # beyond 64 bits, so it is never asked.
-    rows = [] if offset >= total else representations(
-        model, ("page", *shape, sort, after), page, values)
+    counted, rows = counted_representations(model, ("page", *shape, sort, after), page, values,
+                                            count)
+    total = total if count is None else counted
     headers = {"X-Total-Count": str(total)}
     link = cursor_link(rows) if after else page_links(total, limit, offset)
     if link:

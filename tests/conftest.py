@@ -273,7 +273,7 @@ def start_server(tmp_path):
             srv.stop(signal.SIGKILL)
 
 
-def close_pool():
+def close_connections():
     """Close the previous app's connections, if an app was built."""
     try:
         models.db.close_all()

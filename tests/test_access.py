@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from app import create_app
-from conftest import ROOT, SITE, USER, assert_problem, call, clean_environment, close_pool
+from conftest import ROOT, SITE, USER, assert_problem, call, clean_environment, close_connections
 
 TIMEOUT = 10
 VALID = {"site_id": SITE, "user_id": USER, "name": "box"}
@@ -29,10 +29,10 @@ def build(tmp_path, monkeypatch):
         monkeypatch.delenv(name)
 
     def build(**settings):
-        close_pool()
+        close_connections()
         return create_app({"TESTING": True, "DATABASE": str(tmp_path / "t.db"), **settings})
     yield build
-    close_pool()
+    close_connections()
 
 
 @pytest.fixture

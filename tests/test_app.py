@@ -17,7 +17,7 @@ import pytest
 
 import models
 from app import create_app
-from conftest import ROOT, SITE, USER, assert_problem, call, close_pool, connect, send
+from conftest import ROOT, SITE, USER, assert_problem, call, close_connections, connect, send
 
 TIMEOUT = 10
 VALID = {"site_id": SITE, "user_id": USER, "name": "box"}
@@ -33,10 +33,10 @@ def build(monkeypatch):
             monkeypatch.delenv(name)
 
     def build(config=None):
-        close_pool()
+        close_connections()
         return create_app(config)
     yield build
-    close_pool()
+    close_connections()
 
 
 def tables(path):
@@ -169,14 +169,14 @@ def drop_tables(path):
 
 
 def replace_with_garbage(path):
-    close_pool()
+    close_connections()
     for name in (path.name, path.name + "-wal", path.name + "-shm"):
         (path.parent / name).unlink(missing_ok=True)
     path.write_bytes(b"this is not an SQLite file at all \x00\xff" * 200)
 
 
 def replace_with_directory(path):
-    close_pool()
+    close_connections()
     for name in (path.name, path.name + "-wal", path.name + "-shm"):
         (path.parent / name).unlink(missing_ok=True)
     path.mkdir()
