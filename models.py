@@ -436,7 +436,8 @@ def counted_representations(model, shape, build, values, count=None):
     rows `build()` makes, both bound to `values`. On SQLite both come from
     one statement: each statement is a few more GIL hand-offs under load."""
     if not is_sqlite():
-        total = None if count is None else run(("count", *shape), count, values).fetchone()[0]
+        found = None if count is None else run(("count", *shape), count, values).fetchone()
+        total = found and found[0]   # no row: a nested list's missing instance
         readers = db.readers.get(model)
         if readers is None:
             readers = db.readers[model] = [(field.column_name, wire_reader(field))

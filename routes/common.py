@@ -275,20 +275,22 @@ def check_if_match(row, schema):
 
 # -- lists -------------------------------------------------------------------
 
-def list_response(model, args, scope=None, total=None):
-    """One page of `model`'s rows: those with the column values in `scope` (a
-    nested list's instance) that pass every non-paging argument (named after
-    its column, or in FILTERS), with X-Total-Count and Link.
+def list_response(model, args, instance_id=None, kept_count=None):
+    """One page of `model`'s rows: those of the instance `instance_id` (a
+    nested list; 404 when there is no such instance) that pass every
+    non-paging argument (named after its column, or in FILTERS), with
+    X-Total-Count and Link.
 
     The order is `sort` with newest first as the tie-break, or oldest first
-    after the `after` cursor. `total`, when the caller keeps it, is the
-    count of the rows in `scope`, used instead of counting. Each query is a
-    compiled shape (models.run): the shape is which filters are given and
-    with how many values, the sort, and whether there is a cursor. The count
-    and the page are one statement where the engine allows
-    (models.counted_representations).
+    after the `after` cursor. `kept_count`, a column of the instance that
+    keeps the number of its rows, is the total of an unfiltered list instead
+    of counting. Each query is a compiled shape (models.run): the shape is
+    which filters are given and with how many values, the sort, and whether
+    there is a cursor. The count (which for a nested list also tells whether
+    the instance exists) and the page are one statement where the engine
+    allows (models.counted_representations).
     """
-    scope = scope or {}
+    scope = {} if instance_id is None else {"instance": instance_id}
     values, filters = dict(scope), []
     for name, value in args.items():
         if name in PAGING:
@@ -310,8 +312,14 @@ def list_response(model, args, scope=None, total=None):
             for name, count in filters)]
         return query.where(*conditions) if conditions else query
 
-    count = None if total is not None and not filters else (
-        lambda: where(model.select(fn.COUNT(SQL("*")))))
+    def count():
+        counted = where(model.select(fn.COUNT(SQL("*"))))
+        if instance_id is None:
+            return counted
+        # One row, or none (a NULL total) when there is no such instance.
+        return Instance.select(counted if filters or kept_count is None else kept_count).where(
+            Instance.id == Slot("instance"))
+
     # The cursor is a position, like offset: the total ignores it, so a page
     # costs the same at any depth, and a tailer sees how long the log is.
     after = "after" in args
@@ -320,6 +328,8 @@ def list_response(model, args, scope=None, total=None):
         mark = run(("mark", model, *scope), lambda: model.select(model.created_at, model.id).where(
             *matching(model, scope), model.id == Slot("after")), values).fetchone()
         if mark is None:
+            if instance_id is not None:
+                require_instance(instance_id)
             invalid("query", "after", f"No {noun(model)} with id {args['after']} in this list.")
         values["mark_at"], values["mark_id"] = mark
     sort = tuple(args.get("sort", ()))
@@ -336,9 +346,10 @@ def list_response(model, args, scope=None, total=None):
             query = query.order_by(*ordering(model, sort))
         return query.limit(Slot("limit")).offset(Slot("offset"))
 
-    counted, rows = counted_representations(model, ("page", *shape, sort, after), page, values,
-                                            count)
-    total = total if count is None else counted
+    total, rows = counted_representations(model, ("page", *shape, sort, after), page, values,
+                                          count)
+    if total is None:
+        not_found(Instance, instance_id)
     headers = {"X-Total-Count": str(total)}
     link = cursor_link(rows) if after else page_links(total, limit, offset)
     if link:

@@ -1,7 +1,7 @@
 """/api/instances/{id}/logs: what happened on an instance."""
 from flask.views import MethodView
 
-from models import Instance, InstanceLog, Slot, run
+from models import Instance, InstanceLog
 from routes.common import Blueprint, created, get_or_404, list_response, not_found
 from routes.docs import one_or_many
 from schemas import BATCH_MAX, LogBatchSchema, LogOneOrManySchema, LogQuerySchema, LogSchema
@@ -16,8 +16,7 @@ class InstanceLogs(MethodView):
     @blp.response(200, LogSchema(many=True))
     def get(self, args, instance_id):
         """List an instance's logs, newest first, or oldest first after a cursor."""
-        return list_response(InstanceLog, args, scope={"instance": instance_id},
-                             total=log_count(instance_id))
+        return list_response(InstanceLog, args, instance_id, kept_count=Instance.log_count)
 
     @blp.arguments(LogBatchSchema)
     @blp.response(201, LogOneOrManySchema)
@@ -42,13 +41,3 @@ class InstanceLogById(MethodView):
     def get(self, instance_id, log_id):
         """Fetch one log of an instance."""
         return get_or_404(InstanceLog, log_id, instance_id)
-
-
-def log_count(instance_id):
-    """The instance's log counter, read with the same lookup that tells
-    whether it exists (404 otherwise): one query instead of two."""
-    row = run(("log count",), lambda: Instance.select(Instance.log_count).where(
-        Instance.id == Slot("id")), {"id": instance_id}).fetchone()
-    if row is None:
-        not_found(Instance, instance_id)
-    return row[0]
