@@ -335,6 +335,8 @@ class FramingParser(HTTPRequestParser):
     second request: request smuggling. A 400 closes the connection."""
 
     def parse_header(self, header_plus):
+        if b"transfer-encoding" not in header_plus.lower():
+            return super().parse_header(header_plus)
         first, *lines = header_plus.split(b"\n")
         names = {line.split(b":", 1)[0].strip().lower() for line in lines if b":" in line}
         if b"transfer-encoding" in names and (
@@ -417,10 +419,11 @@ def configure_logging(stream=None):
     the access log, on stderr unless `stream` is given."""
     logging.basicConfig(level=logging.INFO, stream=stream,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # The format shows no thread or process, so a record need not look them
-    # up: a third of the cost of a line (the logging module's own advice on
-    # optimization).
+    # The format shows no thread, process or source line, so a record need
+    # not look them up: a third of the cost of a line (the logging module's
+    # own advice on optimization).
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    logging._srcfile = None
 
 
 def serve(argv):
