@@ -325,13 +325,6 @@ def list_response(model, args, instance_id=None, kept_count=None):
     after = "after" in args
     if after:
         values["after"] = args["after"]
-        mark = run(("mark", model, *scope), lambda: model.select(model.created_at, model.id).where(
-            *matching(model, scope), model.id == Slot("after")), values).fetchone()
-        if mark is None:
-            if instance_id is not None:
-                require_instance(instance_id)
-            invalid("query", "after", f"No {noun(model)} with id {args['after']} in this list.")
-        values["mark_at"], values["mark_id"] = mark
     sort = tuple(args.get("sort", ()))
     limit, offset = args["limit"], args["offset"]
     # 1.6: an offset past the end is an empty page, however large; both
@@ -341,7 +334,7 @@ def list_response(model, args, instance_id=None, kept_count=None):
     def page():
         query = where(model.select())
         if after:
-            query = query.where(after_cursor(model)).order_by(model.created_at, model.id)
+            query = query.where(after_cursor(model, scope)).order_by(model.created_at, model.id)
         else:
             query = query.order_by(*ordering(model, sort))
         return query.limit(Slot("limit")).offset(Slot("offset"))
@@ -350,6 +343,9 @@ def list_response(model, args, instance_id=None, kept_count=None):
                                           count)
     if total is None:
         not_found(Instance, instance_id)
+    if after and not rows and not in_list(model, scope, values):
+        # An empty page after a cursor: the end of the list, or no such row.
+        invalid("query", "after", f"No {noun(model)} with id {args['after']} in this list.")
     headers = {"X-Total-Count": str(total)}
     link = cursor_link(rows) if after else page_links(total, limit, offset)
     if link:
@@ -376,12 +372,21 @@ def ordering(model, sort):
     return keys
 
 
-def after_cursor(model):
-    """Rows created after the row the cursor marks (its created_at and id,
-    bound as mark_at and mark_id), as an index range from that row onwards:
-    no offset to skip over, however deep."""
-    created_at, mark_at = model.created_at, Slot("mark_at")
-    return (created_at >= mark_at) & ((created_at > mark_at) | (model.id > Slot("mark_id")))
+def in_list(model, scope, values):
+    """Whether the `after` id names a row of this list."""
+    return run(("cursor", model, *scope), lambda: model.select(SQL("1")).where(
+        *matching(model, scope), model.id == Slot("after")), values).fetchone() is not None
+
+
+def after_cursor(model, scope):
+    """Rows created after the row the cursor marks (the `after` id, in
+    `scope`), as an index range from that row onwards: no offset to skip
+    over, however deep. The marked row's created_at is a subquery of the
+    page's own statement, read once, not a lookup of its own."""
+    created_at = model.created_at
+    mark_at = model.select(model.created_at).where(
+        *matching(model, scope), model.id == Slot("after"))
+    return (created_at >= mark_at) & ((created_at > mark_at) | (model.id > Slot("after")))
 
 
 def cursor_link(rows):

@@ -336,7 +336,7 @@ def test_after_is_an_index_seek_however_deep_the_cursor(client, instance):
         peewee_log.setLevel(logging.NOTSET)
     assert resp.status_code == 200 and resp.headers["X-Total-Count"] == "50"
     assert len(resp.get_json()) == 10
-    assert len(statements) >= 2  # the page and its count
+    assert len(statements) == 1  # the count and the page, one statement
     for sql, params in statements:
         plan = " ".join(row[3] for row in models.db.execute_sql(
             f"EXPLAIN QUERY PLAN {sql}", params).fetchall())
