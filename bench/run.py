@@ -2,7 +2,7 @@
 on seeded datasets, driven by wrk, beside two ceilings on the same waitress
 settings (a bare WSGI callable and a bare Flask route).
 
-    python bench/run.py [--sizes small,large] [--rounds 3] [--seconds 3]
+    python bench/run.py [--sizes small,large] [--rounds 5] [--seconds 3]
     python bench/run.py --scaling [--postgres-url postgresql://...]
 
 Writes bench/RESULTS.md (medians over rounds), bench/results.png and
@@ -165,7 +165,7 @@ def targets(api, hot, other, site, first, deep, depth):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="small,large")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=DEFAULTS["THREADS"],
                         help="waitress threads, for the service and the ceilings alike")
     parser.add_argument("--seconds", type=int, default=3)
