@@ -203,7 +203,7 @@ def open_sqlite(path, busy_timeout=5.0, synchronous="NORMAL"):
         check_same_thread=False,
     )
     database.writer = Writer(busy_timeout)
-    database.shapes, database.readers = {}, {}
+    database.shapes = {}
     database.text_timestamps = True
     # SQLite's own lower() and LIKE fold ASCII only; `q` should find "Écran"
     # with "écran" too.
@@ -821,7 +821,7 @@ def recount_logs():
 
 def _canonical_json(migrator):
     # Until version 4, JSON text was stored in the order it was sent; reads
-    # now pass the stored text on as the response's (wire_reader). jsonb on
+    # now pass the stored text on as the response's (representations). jsonb on
     # PostgreSQL keeps no order of its own, and its rows are sorted on output.
     if not is_sqlite():
         return

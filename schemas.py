@@ -66,7 +66,7 @@ class JSONObject(fields.Dict):
     def _serialize(self, value, attr, obj, **kwargs):
         # What is written out was stored, so was checked on the way in:
         # Dict's per-key serialization would only cost time. A Fragment is
-        # stored text that is already sorted (models.wire_reader).
+        # stored text that is already sorted (models.representations).
         if value is None or isinstance(value, orjson.Fragment):
             return value
         return sorted_keys(value)

@@ -236,7 +236,7 @@ def test_real_server_answers_405_with_allow_and_problem_json(server):
 
 @pytest.fixture
 def make_app(tmp_path):
-    """create_app on a fresh file with extra config; pools closed afterwards."""
+    """create_app on a fresh file with extra config; connections closed afterwards."""
     def make(**config):
         models.db.close_all()
         return create_app({"TESTING": True, "DATABASE": str(tmp_path / "limit.db"), **config})
