@@ -1,10 +1,16 @@
 """The two ceilings the service is measured against, served by waitress with
 the service's own settings and GIL switch interval: a bare WSGI callable and
-a bare Flask route, each answering a constant small JSON body.
+a bare Flask route, each answering a constant small JSON body. And a third,
+for reference: the bare Flask route plus the least a read of the service
+does, one SQLite statement by primary key (GET /<32 hex digits>, an
+instance's stored id) on the thread's own connection.
 
     python bench/ceilings.py wsgi|flask PORT [THREADS]
+    python bench/ceilings.py flask_query PORT THREADS DATABASE
 """
+import sqlite3
 import sys
+import threading
 from pathlib import Path
 
 import waitress
@@ -33,8 +39,25 @@ def bare_flask():
     return flask_app
 
 
-def main(kind, port, threads=DEFAULTS["THREADS"]):
-    application = bare_wsgi if kind == "wsgi" else bare_flask()
+def flask_query(database):
+    flask_app = Flask(__name__)
+    local = threading.local()
+
+    @flask_app.get("/<row_id>")
+    def one_row(row_id):
+        conn = getattr(local, "conn", None)
+        if conn is None:
+            conn = local.conn = sqlite3.connect(database, isolation_level=None)
+        found = conn.execute("SELECT json_object('name', name) FROM instance WHERE id = ?",
+                             (row_id,)).fetchone()
+        return flask_app.response_class(found[0], mimetype="application/json")
+
+    return flask_app
+
+
+def main(kind, port, threads=DEFAULTS["THREADS"], database=None):
+    application = {"wsgi": lambda: bare_wsgi, "flask": bare_flask,
+                   "flask_query": lambda: flask_query(database)}[kind]()
     sys.setswitchinterval(SWITCH_INTERVAL)  # as app.serve
     # The service's waitress settings (app.serve), so only the app differs.
     server = waitress.create_server(

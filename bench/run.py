@@ -194,10 +194,13 @@ def main(argv=None):
             hot, other, site, first, deep, depth = pick(work)
             proc, api = start([sys.executable, "app.py", "--port", "0", "--db", str(work),
                                "--threads", threads])
+            floor, floor_url = start([sys.executable, str(HERE / "ceilings.py"), "flask_query",
+                                      "0", threads, str(work)])
             try:
                 plan = targets(api, hot, other, site, first, deep, depth)
                 plan["ceiling_wsgi"] = (ceilings["wsgi"][1] + "/", None, 1)
                 plan["ceiling_flask"] = (ceilings["flask"][1] + "/", None, 1)
+                plan["ceiling_flask_query"] = (f"{floor_url}/{uuid_of(other).hex}", None, 1)
                 for round_no in range(args.rounds):
                     for op, (url, script, rows) in plan.items():
                         for connections in CONCURRENCY:
@@ -211,6 +214,7 @@ def main(argv=None):
                 rss[size] = peak_rss_mb(proc)
             finally:
                 stop(proc)
+                stop(floor)
     finally:
         for proc, _ in ceilings.values():
             stop(proc)
