@@ -2,8 +2,8 @@
 the service's own settings and GIL switch interval: a bare WSGI callable and
 a bare Flask route, each answering a constant small JSON body. And a third,
 for reference: the bare Flask route plus the least a read of the service
-does, one SQLite statement by primary key (GET /<32 hex digits>, an
-instance's stored id) on the thread's own connection.
+does, one SQLite statement by primary key (GET /<an instance's id>) on the
+thread's own connection.
 
     python bench/ceilings.py wsgi|flask PORT [THREADS]
     python bench/ceilings.py flask_query PORT THREADS DATABASE

@@ -478,6 +478,18 @@ def test_a_file_from_the_first_release_is_migrated_keeping_its_rows(build, tmp_p
     # Version 4 stores JSON with sorted keys, and reads pass that text on.
     box = client.get("/api/instances/01a224b0-0000-7000-8000-000000000001")
     assert b'"configuration":{"a":{"c":[3],"d":2},"b":1}' in box.data
+    # Version 6 stores UUIDs as the API writes them, old rows and new alike,
+    # and every reference still finds its row.
+    with sqlite3.connect(path) as conn:
+        stored = conn.execute("SELECT id, instance_id, parent_id FROM instance_plan "
+                              "ORDER BY created_at").fetchall()
+        assert stored == [("01a224b0-0000-7000-8000-000000000002",
+                           "01a224b0-0000-7000-8000-000000000001", None),
+                          (child.get_json()["id"], "01a224b0-0000-7000-8000-000000000001",
+                           "01a224b0-0000-7000-8000-000000000002")]
+        assert conn.execute("SELECT site_id, user_id FROM instance").fetchall() == [(SITE, USER)]
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+    conn.close()
     assert schema_version(path) == [(models.SCHEMA_VERSION,)]
 
 
