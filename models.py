@@ -601,7 +601,7 @@ def _sqlite_json_value(field, column):
     field = getattr(field, "rel_field", field)
     if isinstance(field, UTCDateTimeField):
         # The stored "YYYY-MM-DD HH:MM:SS.ffffff" (UTCDateTimeField) as RFC 3339.
-        return f"substr({column}, 1, 10) || 'T' || substr({column}, 12) || '+00:00'"
+        return f"replace({column}, ' ', 'T') || '+00:00'"
     # UUIDs are stored as written (CanonicalUUIDField); JSON objects come as
     # the stored text, a JSON string here.
     return column

@@ -1,20 +1,25 @@
 """The two ceilings the service is measured against, served by waitress with
 the service's own settings and GIL switch interval: a bare WSGI callable and
-a bare Flask route, each answering a constant small JSON body. And a third,
-for reference: the bare Flask route plus the least a read of the service
-does, one SQLite statement by primary key (GET /<an instance's id>) on the
-thread's own connection.
+a bare Flask route, each answering a constant small JSON body. And two
+references: the bare Flask route plus the least a read of the service does,
+one SQLite statement by primary key (GET /<an instance's id>), and plus the
+least an append does, the JSON body read and one INSERT of a log, one writer
+at a time (POST /<an instance's id>); each on the thread's own connection.
 
     python bench/ceilings.py wsgi|flask PORT [THREADS]
-    python bench/ceilings.py flask_query PORT THREADS DATABASE
+    python bench/ceilings.py flask_query|flask_insert PORT THREADS DATABASE
 """
+import json
+import random
 import sqlite3
 import sys
 import threading
+import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 
 import waitress
-from flask import Flask
+from flask import Flask, request
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -55,9 +60,33 @@ def flask_query(database):
     return flask_app
 
 
+def flask_insert(database):
+    flask_app = Flask(__name__)
+    local = threading.local()
+    writer = threading.Lock()   # one writer at a time, as in the service
+
+    @flask_app.post("/<instance_id>")
+    def append(instance_id):
+        entry = request.get_json()
+        conn = getattr(local, "conn", None)
+        if conn is None:
+            conn = local.conn = sqlite3.connect(database, isolation_level=None)
+        with writer:
+            conn.execute(
+                "INSERT INTO instance_log (id, created_at, instance_id, log_type, level, "
+                "message, details) VALUES (?, ?, ?, ?, 'info', ?, ?)",
+                (str(uuid.UUID(int=random.getrandbits(128))), datetime.now(timezone.utc)
+                 .strftime("%Y-%m-%d %H:%M:%S.%f"), instance_id, entry["log_type"],
+                 entry["message"], json.dumps(entry.get("details", {}))))
+        return flask_app.response_class(BODY, status=201, mimetype="application/json")
+
+    return flask_app
+
+
 def main(kind, port, threads=DEFAULTS["THREADS"], database=None):
     application = {"wsgi": lambda: bare_wsgi, "flask": bare_flask,
-                   "flask_query": lambda: flask_query(database)}[kind]()
+                   "flask_query": lambda: flask_query(database),
+                   "flask_insert": lambda: flask_insert(database)}[kind]()
     sys.setswitchinterval(SWITCH_INTERVAL)  # as app.serve
     # The service's waitress settings (app.serve), so only the app differs.
     server = waitress.create_server(

@@ -1,6 +1,7 @@
 """The benchmark: the real server (the users' entry point, `python app.py`)
 on seeded datasets, driven by wrk, beside two ceilings on the same waitress
-settings (a bare WSGI callable and a bare Flask route).
+settings (a bare WSGI callable and a bare Flask route) and two references
+(the bare Flask route plus one SQLite read, or plus one insert: ceilings.py).
 
     python bench/run.py [--sizes small,large] [--rounds 5] [--seconds 3]
     python bench/run.py --scaling [--postgres-url postgresql://...]
@@ -194,13 +195,16 @@ def main(argv=None):
             hot, other, site, first, deep, depth = pick(work)
             proc, api = start([sys.executable, "app.py", "--port", "0", "--db", str(work),
                                "--threads", threads])
-            floor, floor_url = start([sys.executable, str(HERE / "ceilings.py"), "flask_query",
-                                      "0", threads, str(work)])
+            references = {kind: start([sys.executable, str(HERE / "ceilings.py"), kind, "0",
+                                       threads, str(work)])
+                          for kind in ("flask_query", "flask_insert")}
             try:
                 plan = targets(api, hot, other, site, first, deep, depth)
                 plan["ceiling_wsgi"] = (ceilings["wsgi"][1] + "/", None, 1)
                 plan["ceiling_flask"] = (ceilings["flask"][1] + "/", None, 1)
-                plan["ceiling_flask_query"] = (f"{floor_url}/{other}", None, 1)
+                plan["ceiling_flask_query"] = (f"{references['flask_query'][1]}/{other}", None, 1)
+                plan["ceiling_flask_insert"] = (f"{references['flask_insert'][1]}/{other}",
+                                                plan["append_log"][1], 1)
                 for round_no in range(args.rounds):
                     for op, (url, script, rows) in plan.items():
                         for connections in CONCURRENCY:
@@ -214,7 +218,8 @@ def main(argv=None):
                 rss[size] = peak_rss_mb(proc)
             finally:
                 stop(proc)
-                stop(floor)
+                for reference, _ in references.values():
+                    stop(reference)
     finally:
         for proc, _ in ceilings.values():
             stop(proc)
@@ -387,7 +392,7 @@ def chart(table):
             values = [table.get((size, op, c), {}).get("rps", 0) for op in ops]
             ax.bar([x + i * width for x in range(len(ops))], values, width, label=size)
             for kind, style in (("ceiling_flask", "--"), ("ceiling_wsgi", ":"),
-                                ("ceiling_flask_query", "-.")):
+                                ("ceiling_flask_query", "-."), ("ceiling_flask_insert", "-.")):
                 if (size, kind, c) in table:   # runs before the query reference lack it
                     ax.axhline(table[(size, kind, c)]["rps"], linestyle=style, linewidth=1,
                                color=f"C{i}", label=f"{kind} ({size})")
