@@ -385,14 +385,15 @@ def chart(table):
     sizes = sorted({size for size, _, _ in table})
     ops = [op for op in dict.fromkeys(op for _, op, _ in sorted(table, key=lambda k: k[1]))
            if not op.startswith("ceiling")]
-    fig, axes = plt.subplots(len(CONCURRENCY), 1, figsize=(12, 4.5 * len(CONCURRENCY)))
+    fig, axes = plt.subplots(len(CONCURRENCY), 1, figsize=(12, 5.5 * len(CONCURRENCY)))
     for ax, c in zip(axes, CONCURRENCY):
         width = 0.8 / len(sizes)
         for i, size in enumerate(sizes):
             values = [table.get((size, op, c), {}).get("rps", 0) for op in ops]
             ax.bar([x + i * width for x in range(len(ops))], values, width, label=size)
             for kind, style in (("ceiling_flask", "--"), ("ceiling_wsgi", ":"),
-                                ("ceiling_flask_query", "-."), ("ceiling_flask_insert", "-.")):
+                                ("ceiling_flask_query", "-."),
+                                ("ceiling_flask_insert", (0, (1, 1)))):
                 if (size, kind, c) in table:   # runs before the query reference lack it
                     ax.axhline(table[(size, kind, c)]["rps"], linestyle=style, linewidth=1,
                                color=f"C{i}", label=f"{kind} ({size})")
@@ -400,7 +401,7 @@ def chart(table):
                       rotation=20)
         ax.set_ylabel("requests/s (median)")
         ax.set_title(f"concurrency {c}")
-        ax.legend(fontsize=8, ncol=3)
+        ax.legend(fontsize=8, ncol=4, loc="upper left", bbox_to_anchor=(0, -0.22))
     fig.tight_layout()
     fig.savefig(HERE / "results.png", dpi=90)
 
