@@ -5,8 +5,9 @@ small queries the routes need. Input rules live in schemas.py only.
 
 Two engines: SQLite (one file, the default) and PostgreSQL (several server
 processes and hosts). What differs between them is in this module only:
-opening the database, timestamps on the wire, case-insensitive search, row
-locks and key locks, and how a read's raw column values become JSON values.
+opening the database, timestamps and UUIDs as stored, case-insensitive
+search, row locks and key locks, and how a read's raw column values become
+JSON values.
 """
 import os
 import sqlite3
