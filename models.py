@@ -147,9 +147,8 @@ class Writer:
         per model; the others find theirs done when the lock comes to them.
         A single statement is short, but on SQLite its thread gives up the
         GIL and, under load, waits behind the other threads to get it back,
-        holding the lock all the while: at one insert per statement, POSTs
-        of logs queued on that wait (about 1,150 a second at 8
-        connections, however fast the rest).
+        holding the lock all the while: at one insert per statement, every
+        write queued behind each such wait (README "Where the time goes").
 
         A thread whose wait passes the timeout takes its insert back (503);
         if a holder has already taken it, it waits for the outcome instead."""
