@@ -2,6 +2,7 @@
 holds the write lock go into the database together, and each caller still
 gets its own rows, or its own error."""
 import threading
+import time
 import uuid
 
 import pytest
@@ -42,6 +43,36 @@ def test_queued_inserts_share_statements_and_a_bad_one_fails_alone(make_instance
     # Each ticket's rows are complete: ids and times the server made.
     assert len({row["id"] for ticket in tickets for row in ticket.rows}) == 5
     assert all(row["created_at"] is not None for row in good_logs.rows)
+
+
+def test_appends_queued_behind_the_lock_go_in_as_one_statement(make_instance, monkeypatch):
+    target = make_instance()["id"]
+    statements, results = [], {}
+    insert_rows = InstanceLog.insert_rows.__func__
+    monkeypatch.setattr(InstanceLog, "insert_rows", classmethod(
+        lambda cls, rows: (statements.append(len(rows)), insert_rows(cls, rows))[1]))
+
+    def append(message):
+        try:
+            [results[message]] = InstanceLog.append(target, [log(message)])
+        finally:
+            models.db.release()
+
+    threads = [threading.Thread(target=append, args=(f"m{n}",)) for n in range(3)]
+    with models.write(atomic=False):
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 5
+        while len(models.db.writer.queue) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    for thread in threads:
+        thread.join(5)
+
+    assert statements == [3]
+    assert sorted(results) == ["m0", "m1", "m2"]
+    assert all(row["message"] == message for message, row in results.items())
+    assert InstanceLog.select().count() == 3
+    assert Instance.get_by_id(target).log_count == 3
 
 
 def test_concurrent_appends_each_return_their_own_logs_and_store_all(make_instance):
