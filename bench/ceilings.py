@@ -4,20 +4,21 @@ a bare Flask route, each answering a constant small JSON body. And two
 references: the bare Flask route plus the least a read of the service does,
 one SQLite statement by primary key (GET /<an instance's id>), and plus the
 least an append does, the JSON body read and one INSERT of a log, one writer
-at a time (POST /<an instance's id>); each on the thread's own connection.
+at a time (POST /<an instance's id>); each on the thread's own connection,
+through the service's SQLite driver (cysqlite).
 
     python bench/ceilings.py wsgi|flask PORT [THREADS]
     python bench/ceilings.py flask_query|flask_insert PORT THREADS DATABASE
 """
 import json
 import random
-import sqlite3
 import sys
 import threading
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
+import cysqlite
 import waitress
 from flask import Flask, request
 
@@ -52,7 +53,7 @@ def flask_query(database):
     def one_row(row_id):
         conn = getattr(local, "conn", None)
         if conn is None:
-            conn = local.conn = sqlite3.connect(database, isolation_level=None)
+            conn = local.conn = cysqlite.connect(database)
         found = conn.execute("SELECT json_object('name', name) FROM instance WHERE id = ?",
                              (row_id,)).fetchone()
         return flask_app.response_class(found[0], mimetype="application/json")
@@ -70,7 +71,7 @@ def flask_insert(database):
         entry = request.get_json()
         conn = getattr(local, "conn", None)
         if conn is None:
-            conn = local.conn = sqlite3.connect(database, isolation_level=None)
+            conn = local.conn = cysqlite.connect(database)
         with writer:
             conn.execute(
                 "INSERT INTO instance_log (id, created_at, instance_id, log_type, level, "

@@ -129,6 +129,12 @@ def test_two_workers_share_the_port_and_store_every_write_once(tmp_path, figures
         listed = call(server.url, "GET", "/api/instances?limit=1000")
         assert listed.headers["X-Total-Count"] == "200"
         assert {row["id"] for row in listed.get_json()} == ids
+        # Each worker writes its access lines while it serves: the thread
+        # that writes them is started again in each forked worker.
+        deadline = time.monotonic() + 10
+        while server.output.count("POST /api/instances 201") < 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.output.count("POST /api/instances 201") == 200
         figures(engine="postgresql" if POSTGRES_URL else "sqlite", writes=len(replies))
     finally:
         assert server.stop(signal.SIGTERM) == 0

@@ -1,13 +1,17 @@
 """HTTP semantics shared by every resource (CONTRACT 2.2): ETags and
 conditional requests, Idempotency-Key on POST, X-Request-ID; and tailing a
 log with the `after` cursor."""
+import io
 import logging
 import re
+import time
 from datetime import timedelta
 
 import pytest
 
+import app
 import models
+from app import LineBatches
 from conftest import SITE, USER, Server, assert_problem, call, random_id
 
 NEW_INSTANCE = {"site_id": SITE, "user_id": USER, "name": "box"}
@@ -277,6 +281,52 @@ def test_the_real_server_logs_a_line_per_request_with_its_id(server):
     call(server.url, "DELETE", f"/api/instances/{random_id()}")
     server.wait_for(r"GET /api/instances 200 [\d.]+ms request_id=from-curl")
     server.wait_for(r"DELETE /api/instances/[0-9a-f-]{36} 404 [\d.]+ms request_id=[0-9a-f]{32}")
+
+
+@pytest.fixture
+def lines():
+    """A logger of its own writing to a LineBatches handler on a StringIO,
+    as `instance-api serve` logs (app.configure_logging)."""
+    made = []
+
+    def make(interval):
+        stream = io.StringIO()
+        handler = LineBatches(stream, interval)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        logger = logging.getLogger(f"test.lines.{len(made)}")
+        logger.propagate, logger.level = False, logging.INFO
+        logger.addHandler(handler)
+        made.append((logger, handler))
+        return logger, stream
+    yield make
+    for logger, handler in made:
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def test_log_lines_wait_for_their_batch_and_a_warning_takes_them_out_at_once(lines):
+    logger, stream = lines(interval=3600)
+    logger.info("one")
+    logger.info("two")
+    assert stream.getvalue() == ""
+    logger.warning("three")
+    assert stream.getvalue() == "INFO one\nINFO two\nWARNING three\n"
+
+
+def test_log_lines_are_written_within_the_interval(lines):
+    logger, stream = lines(interval=0.02)
+    logger.info("soon")
+    deadline = time.monotonic() + 5
+    while not stream.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert stream.getvalue() == "INFO soon\n"
+
+
+def test_log_lines_keep_loggings_time_format():
+    ours, stock = app.Formatter("%(asctime)s"), logging.Formatter("%(asctime)s")
+    for created in (1_764_410_000.0, 1_764_410_000.9995, 1_764_410_001.25, 1_764_410_000.5):
+        record = logging.makeLogRecord({"created": created, "msecs": (created % 1) * 1000})
+        assert ours.format(record) == stock.format(record)
 
 
 # -- tailing a log with `after` ----------------------------------------------
