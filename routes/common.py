@@ -49,12 +49,21 @@ class StrictParser(FlaskParser):
     def load_querystring(self, req, schema):
         # webargs would keep the first of ?status=a&status=b and drop the
         # rest, silently; comma lists are the way to send several values.
-        errors = {key: ["Given more than once; send one value (or a comma list)."]
-                  for key, values in req.args.lists() if len(values) > 1}
-        errors.update({key: [NUL_MESSAGE] for key, value in req.args.items() if "\0" in value})
+        args, errors = {}, {}
+        for key, values in req.args.lists():
+            if "\0" in values[0]:
+                errors[key] = [NUL_MESSAGE]
+            elif len(values) > 1:
+                errors[key] = ["Given more than once; send one value (or a comma list)."]
+            args[key] = values[0]
         if errors:
             abort(422, errors={"query": dict(sorted(errors.items()))})
-        return super().load_querystring(req, schema)
+        # With one value per key, and no query field that takes a key
+        # repeated, a dict is what webargs' MultiDictProxy would show the
+        # schema. The proxy looks each field up in the query's MultiDict, and
+        # each field not given there raised (and caught) an exception: a
+        # tenth of a list page's time in-process.
+        return args
 
 
 class Blueprint(_Blueprint):
@@ -396,7 +405,7 @@ def after_cursor(model, scope):
 def cursor_link(rows):
     """The next page after a cursor page starts after its last row."""
     if rows:
-        return f'<{page_url(after=rows[-1]["id"], offset=None)}>; rel="next"'
+        return f'<{page_url(request.base_url, after=rows[-1]["id"], offset=None)}>; rel="next"'
     return None
 
 
@@ -412,13 +421,14 @@ def page_links(total, limit, offset):
         links.append((offset + limit, "next"))
     if offset > 0:
         links.append((max(0, min(offset, total) - limit), "prev"))
-    return ", ".join(f'<{page_url(offset=page_offset)}>; rel="{rel}"'
+    base = request.base_url   # worked out anew on each use
+    return ", ".join(f'<{page_url(base, offset=page_offset)}>; rel="{rel}"'
                      for page_offset, rel in links)
 
 
-def page_url(**changes):
-    """This request's URL with the parameters in `changes` replaced (None
-    drops one)."""
+def page_url(base, **changes):
+    """This request's URL (`base`, without the query) with the parameters in
+    `changes` replaced (None drops one)."""
     params = [(k, v) for k, v in request.args.items(multi=True) if k not in changes]
     params.extend((k, v) for k, v in changes.items() if v is not None)
-    return f"{request.base_url}?{urlencode(params)}"
+    return f"{base}?{urlencode(params)}"
