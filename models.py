@@ -697,10 +697,14 @@ class BaseModel(Model):
         holding the write lock, waits for it each time behind the threads
         that are parsing and serializing."""
         fields = cls._meta.sorted_fields
-        run(("insert", cls, len(rows)), lambda: cls.insert_many([
+        sql, params = compiled(("insert", cls, len(rows)), lambda: cls.insert_many([
             {field: Slot((index, field.column_name), field.db_value) for field in fields}
-            for index in range(len(rows))]).returning(),
-            {(index, name): value for index, row in enumerate(rows) for name, value in row.items()})
+            for index in range(len(rows))]).returning().sql())
+        # The values go row after row, each row's in the same order: bound
+        # straight from the rows by the first row's Slots, rather than
+        # through a dict of every value by (row, column) as `run` binds.
+        row_slots = [(slot.name[1], slot.convert) for slot in params[:len(params) // len(rows)]]
+        db.execute_sql(sql, [convert(row[name]) for row in rows for name, convert in row_slots])
 
     @classmethod
     def complete(cls, row):

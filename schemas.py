@@ -12,7 +12,9 @@ tests check that each one passes its schema.
 from datetime import timezone
 
 import orjson
-from marshmallow import Schema, ValidationError, fields, pre_load, validate, validates_schema
+from marshmallow import (
+    RAISE, Schema, ValidationError, fields, missing, pre_load, validate, validates_schema,
+)
 from webargs.fields import DelimitedList
 
 from models import INSTANCE_STATUSES, INSTANCE_TYPES, LOG_LEVELS, PLAN_STATUSES, rfc3339
@@ -184,11 +186,43 @@ class InputSchema(Schema):
         if field_name in self.DEFAULTS:
             field_obj.load_default = self.DEFAULTS[field_name]
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._readers = [(field.data_key or name, field.attribute or name, field)
+                         for name, field in self.load_fields.items()]
+        self._keys = frozenset(key for key, _, _ in self._readers)
+
     @pre_load
     def drop_server_set(self, data, **kwargs):
         if isinstance(data, dict) and not SERVER_SET.isdisjoint(data):
             data = {k: v for k, v in data.items() if k not in SERVER_SET}
         return data
+
+    def _deserialize(self, data, *, error_store, many=False, partial=None, unknown=RAISE,
+                     index=None):
+        """marshmallow's loop over the fields for the one case the API has (a
+        dict, every field, unknown keys refused), without what it builds per
+        field for the others: a closure, keyword dicts, the partial checks,
+        and the set of field names once per object. Each field still loads
+        its value (`Field.deserialize`: required, null, default, type,
+        validators). A batch of 1,000 logs is 4,000 such values."""
+        if many or partial is not None or unknown != RAISE or type(data) is not dict:
+            return super()._deserialize(data, error_store=error_store, many=many,
+                                        partial=partial, unknown=unknown, index=index)
+        index = index if self.opts.index_errors else None
+        loaded = {}
+        for key, attr, field in self._readers:
+            try:
+                value = field.deserialize(data.get(key, missing), key, data)
+            except ValidationError as error:
+                error_store.store_error(error.messages, key, index=index)
+                value = error.valid_data or missing   # as marshmallow keeps it
+            if value is not missing:
+                loaded[attr] = value
+        if not self._keys.issuperset(data):
+            for key in data.keys() - self._keys:
+                error_store.store_error([self.error_messages["unknown"]], key, index)
+        return loaded
 
 
 class ProblemSchema(Schema):
