@@ -85,6 +85,14 @@ DETAILS = {
 }
 
 
+class App(Flask):
+    """Flask, without the coroutine check on each view and hook call (six per
+    request): nothing here is async."""
+
+    def ensure_sync(self, func):
+        return func
+
+
 class OrjsonProvider(JSONProvider):
     """Fast, strict JSON for responses; key order follows the schemas."""
 
@@ -255,7 +263,7 @@ def shown_database(config):
 
 def create_app(config=None):
     """Build the app: defaults, then INSTANCES_* variables, then `config`."""
-    app = Flask(__name__, static_folder=None)
+    app = App(__name__, static_folder=None)
     app.json = OrjsonProvider(app)
     app.config.from_mapping(DEFAULTS)
     app.config.from_prefixed_env("INSTANCES")

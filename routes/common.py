@@ -87,6 +87,8 @@ class Blueprint(_Blueprint):
         # 2.2: every POST honours Idempotency-Key, without each view asking.
         if getattr(view_func, "post", None) is not None:
             view_func.post = idempotent(view_func.post)
+        # The views keep no state: one instance serves every request.
+        view_func.init_every_request = False
         return super().add_url_rule(rule, endpoint, view_func, **options)
 
 
