@@ -119,7 +119,10 @@ class Writer:
         self.lock = threading.RLock()
         self.owner = None
         # Inserts waiting for the lock (`combined`), and the condition their
-        # threads wait on once a holder of the lock has taken them.
+        # threads wait on: for the lock to come free, or for a holder of it
+        # to have stored their rows. The lock is let go under this condition
+        # (`release`), so a thread that found it taken is already waiting
+        # when it is told.
         self.queue = []
         self.inserted = threading.Condition(threading.Lock())
 
@@ -136,7 +139,16 @@ class Writer:
                 yield
         finally:
             self.owner = outer
+            self.release()
+
+    def release(self, stored=()):
+        """Let go of the lock, after marking the `stored` tickets done."""
+        with self.inserted:
+            for ticket in stored:
+                ticket.done = True
             self.lock.release()
+            if stored or self.queue:
+                self.inserted.notify_all()
 
     def held(self):
         """Whether this thread is inside a write."""
@@ -146,38 +158,41 @@ class Writer:
         """Insert `rows` of `model` (as BaseModel.add), together with the
         inserts that other threads queued meanwhile: group commit.
 
-        Whichever thread gets the lock inserts everything queued, a statement
-        per model; the others find theirs done when the lock comes to them.
-        A single statement is short, but on SQLite its thread gives up the
-        GIL and, under load, waits behind the other threads to get it back,
-        holding the lock all the while: at one insert per statement, every
-        write queued behind each such wait (README "Where the time goes").
+        A thread that finds the lock free takes it and inserts everything
+        queued, a statement per model; the threads whose rows it took wait
+        for it to finish, not for the lock. A single statement is short, but
+        on SQLite its thread gives up the GIL and, under load, waits behind
+        the other threads to get it back, holding the lock all the while: at
+        one insert per statement, every write queued behind each such wait
+        (README "Where the time goes"). Had the others queued on the lock
+        itself, each would also have had to take it in turn, and wait for
+        the GIL to do so, only to find its rows stored.
 
         A thread whose wait passes the timeout takes its insert back (503);
         if a holder has already taken it, it waits for the outcome instead."""
         ticket = Insert(model, rows, shared)
+        deadline = time.monotonic() + self.timeout
         with self.inserted:
             self.queue.append(ticket)
-        if self.lock.acquire(timeout=self.timeout):
-            try:
-                if not ticket.done:
-                    with self.inserted:
-                        tickets, self.queue = self.queue, []
-                    try:
-                        insert_all(tickets)
-                    finally:
-                        with self.inserted:
-                            for taken in tickets:
-                                taken.done = True
-                            self.inserted.notify_all()
-            finally:
-                self.lock.release()
-        else:
-            with self.inserted:
-                if ticket in self.queue:
+            while not ticket.taken:
+                if self.lock.acquire(blocking=False):
+                    tickets, self.queue = self.queue, []
+                    for taken in tickets:
+                        taken.taken = True
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
                     self.queue.remove(ticket)
                     raise WriterBusy(f"no write lock within {self.timeout:g} s")
+                self.inserted.wait(remaining)
+            else:
                 self.inserted.wait_for(lambda: ticket.done)
+                tickets = None
+        if tickets is not None:
+            try:
+                insert_all(tickets)
+            finally:
+                self.release(stored=tickets)
         if ticket.error is not None:
             raise ticket.error
         return ticket.rows
@@ -187,11 +202,12 @@ class Insert:
     """Rows queued for Writer.combined, and what became of them: `error`
     stays set until they are stored, so a holder of the lock that stopped
     half-way leaves nobody believing their rows were written."""
-    __slots__ = ("model", "rows", "shared", "done", "error")
+    __slots__ = ("model", "rows", "shared", "taken", "done", "error")
 
     def __init__(self, model, rows, shared):
         self.model, self.rows, self.shared = model, rows, shared
-        self.done, self.error = False, WriteInterrupted
+        self.taken = self.done = False
+        self.error = WriteInterrupted
 
 
 class WriteInterrupted(Exception):
