@@ -5,7 +5,8 @@ import re
 from urllib.parse import urlencode
 
 import orjson
-from flask import current_app, request, url_for
+from flask import current_app, request
+from flask.globals import request_ctx
 from flask_smorest import Blueprint as _Blueprint, abort
 from marshmallow import RAISE
 from peewee import SQL, fn
@@ -250,7 +251,10 @@ def noun(model):
 
 def created(row, endpoint, **path):
     """A 201 body with the Location of the new row."""
-    return row, {"Location": url_for(endpoint, _external=True, **path)}
+    # As url_for(endpoint, _external=True, **path) builds it, with the
+    # request's own URL adapter and without url_for's checks and defaults
+    # (a third of its time), which no route here uses.
+    return row, {"Location": request_ctx.url_adapter.build(endpoint, path, force_external=True)}
 
 
 # -- ETags (CONTRACT 2.2) ----------------------------------------------------

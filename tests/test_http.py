@@ -248,6 +248,41 @@ def test_keys_survive_a_restart(tmp_path):
         second_server.stop()
 
 
+# -- Location and request bodies ---------------------------------------------
+
+@pytest.mark.parametrize("base, prefix", [
+    ("http://localhost/", "http://localhost"),
+    ("http://[::1]:8080/", "http://[::1]:8080"),
+    # Not a plain URL: werkzeug quotes it, as for any response.
+    ("http://localhost/my api/", "http://localhost/my%20api"),
+    ("http://localhost/caf\u00e9/", "http://localhost/caf%C3%A9"),
+])
+def test_location_is_the_absolute_uri_of_what_was_made(client, instance, base, prefix):
+    made = client.post(f"/api/instances/{instance['id']}/logs", base_url=base,
+                       json={"log_type": "system", "message": "up"})
+    assert made.status_code == 201
+    assert made.headers["Location"] == (
+        f"{prefix}/api/instances/{instance['id']}/logs/{made.get_json()['id']}")
+    assert made.headers.getlist("Location") == [made.headers["Location"]]
+
+
+# As waitress calls the app: the body read whole beforehand (app.Request.stream).
+READ_WHOLE = {"wsgi.input_terminated": True}
+
+
+def test_a_body_the_server_read_whole_is_taken_as_sent(client):
+    made = client.post("/api/instances", json=NEW_INSTANCE, environ_overrides=READ_WHOLE)
+    assert made.status_code == 201
+    assert client.get(made.headers["Location"]).get_json()["name"] == "box"
+
+
+def test_a_body_the_server_read_whole_past_the_limit_is_413(client):
+    resp = client.post("/api/instances", json={**NEW_INSTANCE, "name": "x" * (1 << 20)},
+                       environ_overrides=READ_WHOLE)
+    assert_problem(resp, 413)
+    assert total(client) == 0
+
+
 # -- X-Request-ID ------------------------------------------------------------
 
 @pytest.mark.parametrize("sent", ["abc", "a" * 200, "A-Z.a_z:0-9", "0f8fad5b-d9cb-469f"])
