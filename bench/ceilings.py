@@ -5,7 +5,8 @@ references: the bare Flask route plus the least a read of the service does,
 one SQLite statement by primary key (GET /<an instance's id>), and plus the
 least an append does, the JSON body read and one INSERT of a log, one writer
 at a time (POST /<an instance's id>); each on the thread's own connection,
-through the service's SQLite driver (cysqlite).
+through the service's SQLite driver (cysqlite) with the service's settings
+(models.sqlite_pragmas: among them synchronous=NORMAL and foreign keys on).
 
     python bench/ceilings.py wsgi|flask PORT [THREADS]
     python bench/ceilings.py flask_query|flask_insert PORT THREADS DATABASE
@@ -25,6 +26,7 @@ from flask import Flask, request
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app import DEFAULTS, SWITCH_INTERVAL  # noqa: E402
+from models import sqlite_pragmas  # noqa: E402
 
 BODY = b'{"status":"ok"}'
 
@@ -45,6 +47,16 @@ def bare_flask():
     return flask_app
 
 
+def connect(database):
+    """A connection as the service opens one: without its settings, an
+    insert would wait for fsync on every commit (SQLite's default
+    synchronous=FULL) and skip the foreign key check."""
+    conn = cysqlite.connect(database)
+    for name, value in sqlite_pragmas():
+        conn.execute(f"PRAGMA {name} = {value}")
+    return conn
+
+
 def flask_query(database):
     flask_app = Flask(__name__)
     local = threading.local()
@@ -53,7 +65,7 @@ def flask_query(database):
     def one_row(row_id):
         conn = getattr(local, "conn", None)
         if conn is None:
-            conn = local.conn = cysqlite.connect(database)
+            conn = local.conn = connect(database)
         found = conn.execute("SELECT json_object('name', name) FROM instance WHERE id = ?",
                              (row_id,)).fetchone()
         return flask_app.response_class(found[0], mimetype="application/json")
@@ -71,7 +83,7 @@ def flask_insert(database):
         entry = request.get_json()
         conn = getattr(local, "conn", None)
         if conn is None:
-            conn = local.conn = cysqlite.connect(database)
+            conn = local.conn = connect(database)
         with writer:
             conn.execute(
                 "INSERT INTO instance_log (id, created_at, instance_id, log_type, level, "
