@@ -375,11 +375,16 @@ class Traced:
                            if name.lower() != "content-type"]
             # Browsers must not guess a type other than the one declared.
             headers += [("X-Request-ID", request_id), ("X-Content-Type-Options", "nosniff")]
-            query = environ.get("QUERY_STRING")
-            path = environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8", "replace")
-            access_log.info("%s %s %s %.1fms request_id=%s", environ["REQUEST_METHOD"],
-                            f"{path}?{query}" if query else path, status[:3],
-                            (time.perf_counter() - started) * 1000, request_id)
+            if access_log.isEnabledFor(logging.INFO):
+                query = environ.get("QUERY_STRING")
+                path = environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8", "replace")
+                line = (f"{environ['REQUEST_METHOD']} {f'{path}?{query}' if query else path} "
+                        f"{status[:3]} {(time.perf_counter() - started) * 1000:.1f}ms "
+                        f"request_id={request_id}")
+                if access_lines is None:
+                    access_log.info("%s", line)
+                else:
+                    access_lines.line(access_log.name, line)
             return start_response(status, headers, exc_info)
 
         return self.wsgi_app(environ, start)
@@ -518,6 +523,14 @@ class LineBatches(logging.Handler):
         self.emit(record)
         return True
 
+    def line(self, name, message):
+        """An INFO line of logger `name`, as emit() would write a record of
+        it, without the record: the access line of every request (Traced).
+        Making and formatting a LogRecord, through the logger and handler
+        calls around it, was 60,000 of the 700,000 instructions of a GET by
+        id; this is a tenth of that."""
+        self.lines.append(self.formatter.line(name, "INFO", message))
+
     def emit(self, record):
         try:
             self.lines.append(self.format(record))
@@ -555,12 +568,23 @@ class Formatter(logging.Formatter):
     def formatTime(self, record, datefmt=None):
         if datefmt is not None:
             return super().formatTime(record, datefmt)
+        return self.stamp(record.created, record.msecs)
+
+    def stamp(self, created, msecs):
         second, text = self._second
-        if second != int(record.created):
-            second = int(record.created)
+        if second != int(created):
+            second = int(created)
             text = time.strftime(self.default_time_format, self.converter(second))
             self._second = second, text
-        return self.default_msec_format % (text, record.msecs)
+        return self.default_msec_format % (text, msecs)
+
+    def line(self, name, levelname, message, created=None):
+        """What format() writes for a record of logger `name` at `levelname`
+        with `message`, made at `created` (now), without the record. For
+        formats of those and the time only (LINE_FORMAT)."""
+        created = time.time() if created is None else created
+        return self._fmt % {"asctime": self.stamp(created, int((created % 1) * 1000)),
+                            "levelname": levelname, "name": name, "message": message}
 
 
 # How long a thread may hold the GIL while others wait (CPython's default is
@@ -572,13 +596,24 @@ class Formatter(logging.Formatter):
 SWITCH_INTERVAL = 0.0005
 
 
+LINE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Where access lines go without a LogRecord (LineBatches.line), once
+# configure_logging has set up the handler; else through access_log.
+access_lines = None
+
+
 def configure_logging(stream=None):
     """Log lines as `instance-api serve` writes them: one per request from
     the access log, on stderr unless `stream` is given, written a few
     times a second (LineBatches)."""
+    global access_lines
     handler = LineBatches(stream or sys.stderr)
-    handler.setFormatter(Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(Formatter(LINE_FORMAT))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
+    # When the access log's lines go to this handler alone (no handler of
+    # its own, and this one is the root's).
+    access_lines = (handler if logging.getLogger().handlers == [handler]
+                    and not access_log.handlers and access_log.propagate else None)
     # The format shows no thread, process or source line, so a record need
     # not look them up: a third of the cost of a line (the logging module's
     # own advice on optimization).

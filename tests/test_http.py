@@ -314,8 +314,13 @@ def test_the_request_id_is_in_the_log_line_for_the_request(client, caplog):
 def test_the_real_server_logs_a_line_per_request_with_its_id(server):
     call(server.url, "GET", "/api/instances", headers={"X-Request-ID": "from-curl"})
     call(server.url, "DELETE", f"/api/instances/{random_id()}")
-    server.wait_for(r"GET /api/instances 200 [\d.]+ms request_id=from-curl")
-    server.wait_for(r"DELETE /api/instances/[0-9a-f-]{36} 404 [\d.]+ms request_id=[0-9a-f]{32}")
+    # The whole line, as logging's records are written (app.LINE_FORMAT),
+    # though the server writes access lines without one (LineBatches.line).
+    stamp = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO instance_api.access: "
+    server.wait_for(re.compile(stamp + r"GET /api/instances 200 [\d.]+ms request_id=from-curl$",
+                               re.M))
+    server.wait_for(re.compile(stamp + r"DELETE /api/instances/[0-9a-f-]{36} 404 [\d.]+ms "
+                                       r"request_id=[0-9a-f]{32}$", re.M))
 
 
 @pytest.fixture
@@ -362,6 +367,16 @@ def test_log_lines_keep_loggings_time_format():
     for created in (1_764_410_000.0, 1_764_410_000.9995, 1_764_410_001.25, 1_764_410_000.5):
         record = logging.makeLogRecord({"created": created, "msecs": (created % 1) * 1000})
         assert ours.format(record) == stock.format(record)
+
+
+def test_a_line_made_without_a_record_is_the_line_of_the_record():
+    ours, stock = app.Formatter(app.LINE_FORMAT), logging.Formatter(app.LINE_FORMAT)
+    for created in (1_764_410_000.0, 1_764_410_000.9995, 1_764_410_001.25, 1_764_410_001.5):
+        record = logging.makeLogRecord({"name": "instance_api.access", "levelname": "INFO",
+                                        "msg": "GET / 200", "created": created,
+                                        "msecs": int((created % 1) * 1000)})
+        assert ours.line("instance_api.access", "INFO", "GET / 200", created) == (
+            stock.format(record))
 
 
 # -- tailing a log with `after` ----------------------------------------------
