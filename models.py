@@ -186,6 +186,7 @@ class Writer:
                     raise WriterBusy(f"no write lock within {self.timeout:g} s")
                 self.inserted.wait(remaining)
             else:
+                # Another holder of the lock took these rows: their outcome.
                 self.inserted.wait_for(lambda: ticket.done)
                 tickets = None
         if tickets is not None:
