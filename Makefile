@@ -1,19 +1,29 @@
 # Two entry points for a new machine: `make run` and `make test`.
 # Both bootstrap .venv on first use and reinstall only when setup.cfg changes.
+# `make run` installs what the service needs; `make test` adds the test
+# tools (schemathesis, selenium, flake8...) to the same .venv. Either may
+# come first.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+SERVICE := $(VENV)/.installed-service
+STAMP  := $(VENV)/.installed-test
 
 .PHONY: run test coverage test-postgres lint openapi bench clean
 
-$(STAMP): setup.cfg pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,postgres]'
+
+$(SERVICE): setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[postgres]'
 	touch $@
 
-run: $(STAMP)
+$(STAMP): setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test,postgres]'
+	touch $@ $(SERVICE)
+
+run: $(SERVICE)
 	$(BIN)/instance-api
 
 test: $(STAMP)

@@ -17,7 +17,8 @@ from marshmallow import (
 )
 from webargs.fields import DelimitedList
 
-from models import INSTANCE_STATUSES, INSTANCE_TYPES, LOG_LEVELS, PLAN_STATUSES, rfc3339
+from models import INSTANCE_STATUSES, INSTANCE_TYPES, LOG_LEVELS, PLAN_STATUSES
+from storage.fields import rfc3339
 
 SLUG = r"^[a-z][a-z0-9_.-]{0,63}$"
 ENV_KEY = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -68,7 +69,7 @@ class JSONObject(fields.Dict):
     def _serialize(self, value, attr, obj, **kwargs):
         # What is written out was stored, so was checked on the way in:
         # Dict's per-key serialization would only cost time. A Fragment is
-        # stored text that is already sorted (models.representations).
+        # stored text that is already sorted (storage.reads.representations).
         if value is None or isinstance(value, orjson.Fragment):
             return value
         return sorted_keys(value)
@@ -77,7 +78,7 @@ class JSONObject(fields.Dict):
 class Moment(fields.DateTime):
     """A timestamp written as RFC 3339 in UTC with microseconds, from a
     datetime or from the text the storage layer already made of one
-    (models.representations), so both write the same bytes."""
+    (storage.reads.representations), so both write the same bytes."""
 
     def _serialize(self, value, attr, obj, **kwargs):
         return value if value is None or isinstance(value, str) else rfc3339(value)
@@ -93,7 +94,7 @@ WRITTEN_AS_IS = {fields.String._serialize: str, fields.UUID._serialize: str,
 
 class Representation(Schema):
     """Base of the resource schemas. What they dump is mostly a dict of the
-    row's values (models.representations, BaseModel.add); each field then
+    row's values (storage.reads.representations, BaseModel.add); each field then
     formats the value under its name with its own `_serialize` (unless it
     would write the value as it is: WRITTEN_AS_IS), without marshmallow's
     per-field lookup chain (Field.serialize, get_value, the schema's

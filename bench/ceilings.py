@@ -6,7 +6,7 @@ one SQLite statement by primary key (GET /<an instance's id>), and plus the
 least an append does, the JSON body read and one INSERT of a log, one writer
 at a time (POST /<an instance's id>); each on the thread's own connection,
 through the service's SQLite driver (cysqlite) with the service's settings
-(models.sqlite_pragmas: among them synchronous=NORMAL and foreign keys on).
+(storage.engines.sqlite_pragmas: among them synchronous=NORMAL and foreign keys on).
 
     python bench/ceilings.py wsgi|flask PORT [THREADS]
     python bench/ceilings.py flask_query|flask_insert PORT THREADS DATABASE
@@ -25,8 +25,9 @@ from flask import Flask, request
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app import DEFAULTS, SWITCH_INTERVAL  # noqa: E402
-from models import sqlite_pragmas  # noqa: E402
+from app import DEFAULTS  # noqa: E402
+from server import SWITCH_INTERVAL  # noqa: E402
+from storage.engines import sqlite_pragmas  # noqa: E402
 
 BODY = b'{"status":"ok"}'
 

@@ -1,4 +1,4 @@
-"""The benchmark: the real server (the users' entry point, `python app.py`)
+"""The benchmark: the real server (the users' entry point, `python server.py`)
 on seeded datasets, driven by wrk, beside two ceilings on the same waitress
 settings (a bare WSGI callable and a bare Flask route) and two references
 (the bare Flask route plus one SQLite read, or plus one insert: ceilings.py).
@@ -193,7 +193,7 @@ def main(argv=None):
         for size in args.sizes.split(","):
             work = seeded(size)
             hot, other, site, first, deep, depth = pick(work)
-            proc, api = start([sys.executable, "app.py", "--port", "0", "--db", str(work),
+            proc, api = start([sys.executable, "server.py", "--port", "0", "--db", str(work),
                                "--threads", threads])
             references = {kind: start([sys.executable, str(HERE / "ceilings.py"), kind, "0",
                                        threads, str(work)])
@@ -247,7 +247,7 @@ def scaling(args):
     for round_no in range(args.rounds):
         for engine, where in engines.items():
             for workers in (1, 2):
-                proc, api = start([sys.executable, "app.py", "--port", "0",
+                proc, api = start([sys.executable, "server.py", "--port", "0",
                                    "--workers", str(workers), *where])
                 try:
                     instance = create_one(api)

@@ -19,7 +19,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import migrations  # noqa: E402
 import models  # noqa: E402
+from storage import db  # noqa: E402
+from storage.engines import open_database  # noqa: E402
+from storage.fields import utcnow  # noqa: E402
+from storage.ids import uuid7  # noqa: E402
 
 SIZES = {"small": (1_000, 10_000), "large": (100_000, 1_000_000)}
 CHUNK = 10_000
@@ -29,11 +34,11 @@ STATUSES = ("pending", "starting", "paused", "stopping", "stopped", "terminated"
 def seed(size, path):
     instances, logs = SIZES[size]
     rng = random.Random(42)
-    models.db.initialize(models.open_database(str(path)))
-    models.create_tables()
+    db.initialize(open_database(str(path)))
+    migrations.create_tables()
     sites = [uuid.UUID(int=rng.getrandbits(128), version=4)
              for _ in range(max(1, instances // 250))]
-    start = models.utcnow() - timedelta(days=30)
+    start = utcnow() - timedelta(days=30)
     step = timedelta(days=30) / (instances + logs)
     clock = iter(start + step * n for n in range(instances + logs))
 
@@ -42,7 +47,7 @@ def seed(size, path):
         rows = []
         for n in range(offset, min(offset + CHUNK, instances)):
             moment = next(clock)
-            ids.append(models.uuid7())
+            ids.append(uuid7())
             rows.append({
                 "id": ids[-1], "created_at": moment, "updated_at": moment,
                 "site_id": sites[n % len(sites)],
@@ -52,7 +57,7 @@ def seed(size, path):
                 "status": "running" if rng.random() < 0.4 else rng.choice(STATUSES),
                 "agent_id": None, "configuration": {"cpu": 2}, "environment_variables": {},
             })
-        with models.db.atomic():
+        with db.atomic():
             models.Instance.insert_many(rows).execute()
 
     hot = ids[0]
@@ -61,16 +66,16 @@ def seed(size, path):
         rows = []
         for n in range(offset, min(offset + CHUNK, logs)):
             rows.append({
-                "id": models.uuid7(), "created_at": next(clock),
+                "id": uuid7(), "created_at": next(clock),
                 # Every tenth log goes to the hot instance.
                 "instance": hot if n % 10 == 0 else ids[rng.randrange(1, len(ids))],
                 "log_type": "agent_action", "level": levels[rng.randrange(len(levels))],
                 "message": f"step {n}: clicked the button", "details": {"n": n},
             })
-        with models.db.atomic():
+        with db.atomic():
             models.InstanceLog.insert_many(rows).execute()
     models.recount_logs()
-    models.db.close_all()
+    db.close_all()
     return hot
 
 

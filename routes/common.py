@@ -14,10 +14,9 @@ from webargs.core import is_json
 from webargs.flaskparser import FlaskParser
 from werkzeug.http import generate_etag
 
-from models import (
-    LOG_LEVELS, Instance, Slot, contains_folded, counted_representations, fold, for_write,
-    representations, run,
-)
+from models import LOG_LEVELS, Instance
+from storage.engines import contains_folded, fold, for_write
+from storage.reads import Slot, counted_representations, representations, run
 from routes.idempotency import idempotent
 
 PAGING = ("limit", "offset", "sort", "after")
@@ -212,7 +211,7 @@ def get_or_404(model, row_id, instance_id=None):
 
 def get_for_write(model, row_id, schema, instance_id=None):
     """The row a PUT/PATCH/DELETE is about to change, once its preconditions
-    hold. Call it inside models.write(): the row is locked, so nobody changes
+    hold. Call it inside storage.writes.write(): the row is locked, so nobody changes
     it between this check and the write."""
     query = model.select().where(model.id == row_id)
     if instance_id is not None:
@@ -301,11 +300,11 @@ def list_response(model, args, instance_id=None, kept_count=None):
     The order is `sort` with newest first as the tie-break, or oldest first
     after the `after` cursor. `kept_count`, a column of the instance that
     keeps the number of its rows, is the total of an unfiltered list instead
-    of counting. Each query is a compiled shape (models.run): the shape is
+    of counting. Each query is a compiled shape (storage.reads.run): the shape is
     which filters are given and with how many values, the sort, and whether
     there is a cursor. The count (which for a nested list also tells whether
     the instance exists) and the page are one statement where the engine
-    allows (models.counted_representations).
+    allows (storage.reads.counted_representations).
     """
     scope = {} if instance_id is None else {"instance": instance_id}
     values, filters = dict(scope), []

@@ -9,7 +9,10 @@ import orjson
 from flask import current_app, request
 from flask_smorest import abort
 
-from models import IdempotencyKey, lock_key, utcnow, write
+from models import IdempotencyKey
+from storage.engines import lock_key
+from storage.fields import utcnow
+from storage.writes import write
 
 HEADER = "Idempotency-Key"
 # Visible ASCII: what UUIDs, ULIDs and random tokens are made of, and safe

@@ -1,7 +1,8 @@
 """/api/instances: the machine records."""
 from flask.views import MethodView
 
-from models import Instance, write
+from models import Instance
+from storage.writes import write
 from routes.common import Blueprint, created, get_for_write, get_or_404, list_response
 from schemas import InstanceCreateSchema, InstanceQuerySchema, InstanceSchema, InstanceUpdateSchema
 

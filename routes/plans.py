@@ -1,7 +1,9 @@
 """/api/instances/{id}/plans: objectives and tasks an agent works on."""
 from flask.views import MethodView
 
-from models import InstancePlan, for_write, write
+from models import InstancePlan
+from storage.engines import for_write
+from storage.writes import write
 from routes.common import (
     Blueprint, created, get_for_write, get_or_404, invalid, list_response,
     require_instance,

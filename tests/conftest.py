@@ -187,7 +187,7 @@ def call(url, method, path, body=None, headers=None):
 
 
 class Server:
-    """The real service (`python app.py`, waitress) on an ephemeral port.
+    """The real service (`python server.py`, waitress) on an ephemeral port.
 
     Output goes to a file, not a pipe, so a chatty server never blocks on a
     full pipe that nobody reads. `env` adds INSTANCES_* settings; `db` names
@@ -201,7 +201,7 @@ class Server:
                  else ["--db", str(self.db_path)])
         with open(self.log_path, "w") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, str(ROOT / "app.py"), "--port", "0", *where, *extra],
+                [sys.executable, str(ROOT / "server.py"), "--port", "0", *where, *extra],
                 cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
                 env={**clean_environment(), "PYTHONUNBUFFERED": "1", **(env or {})},
             )

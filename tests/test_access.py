@@ -330,7 +330,7 @@ def test_tokens_never_appear_in_the_server_log(start_server):
 def test_a_bad_setting_error_does_not_echo_the_tokens(tmp_path, bad):
     env = {**clean_environment(), "INSTANCES_API_TOKENS": SECRET, **bad}
     result = subprocess.run(
-        [sys.executable, str(ROOT / "app.py"), "--port", "0", "--db", str(tmp_path / "x.db")],
+        [sys.executable, str(ROOT / "server.py"), "--port", "0", "--db", str(tmp_path / "x.db")],
         env=env, capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert "Cannot start" in result.stderr
@@ -357,9 +357,9 @@ def test_a_bad_tokens_setting_is_never_shown(build, monkeypatch):
 # -- binding: no open network without tokens, unless asked ---------------------------------
 
 def run_server(tmp_path, *flags, env=None):
-    """Run `python app.py` expecting it to exit by itself (it refuses)."""
+    """Run `python server.py` expecting it to exit by itself (it refuses)."""
     return subprocess.run(
-        [sys.executable, str(ROOT / "app.py"), "--port", "0",
+        [sys.executable, str(ROOT / "server.py"), "--port", "0",
          "--db", str(tmp_path / "x.db"), *flags],
         env={**clean_environment(), **(env or {})}, cwd=tmp_path,
         capture_output=True, text=True, timeout=TIMEOUT)

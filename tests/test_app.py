@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+import migrations
 import models
 from app import create_app
 from conftest import ROOT, SITE, USER, assert_problem, call, close_connections, connect, send
@@ -199,7 +200,7 @@ def test_healthz_recovers_when_the_database_is_usable_again(build, tmp_path):
     replace_with_directory(path)
     assert_problem(client.get("/healthz"), 503)
     path.rmdir()
-    models.create_tables()
+    migrations.create_tables()
     assert client.get("/healthz").status_code == 200
 
 
@@ -427,7 +428,7 @@ def test_a_setting_of_the_wrong_type_names_its_variable(build, monkeypatch):
 def test_the_server_refuses_to_start_on_a_bad_setting(tmp_path):
     env = {**os.environ, "INSTANCES_THREADS": "many"}
     result = subprocess.run(
-        [sys.executable, str(ROOT / "app.py"), "--db", str(tmp_path / "x.db")],
+        [sys.executable, str(ROOT / "server.py"), "--db", str(tmp_path / "x.db")],
         env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 2
     assert "Cannot start" in result.stderr and "INSTANCES_THREADS" in result.stderr
@@ -443,7 +444,7 @@ def schema_version(path):
 
 def test_a_new_file_starts_at_the_current_schema_version(build, tmp_path):
     build({"DATABASE": str(tmp_path / "t.db")})
-    assert schema_version(tmp_path / "t.db") == [(models.SCHEMA_VERSION,)]
+    assert schema_version(tmp_path / "t.db") == [(migrations.SCHEMA_VERSION,)]
 
 
 def test_a_file_from_the_first_release_is_migrated_keeping_its_rows(build, tmp_path):
@@ -490,19 +491,19 @@ def test_a_file_from_the_first_release_is_migrated_keeping_its_rows(build, tmp_p
         assert conn.execute("SELECT site_id, user_id FROM instance").fetchall() == [(SITE, USER)]
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
     conn.close()
-    assert schema_version(path) == [(models.SCHEMA_VERSION,)]
+    assert schema_version(path) == [(migrations.SCHEMA_VERSION,)]
 
 
 def test_a_file_from_a_newer_server_is_refused(build, tmp_path):
     path = tmp_path / "t.db"
     build({"DATABASE": str(path)})
     with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE schema_version SET version = ?", (models.SCHEMA_VERSION + 1,))
+        conn.execute("UPDATE schema_version SET version = ?", (migrations.SCHEMA_VERSION + 1,))
     conn.close()
-    with pytest.raises(models.SchemaTooNew, match="newer"):
+    with pytest.raises(migrations.SchemaTooNew, match="newer"):
         build({"DATABASE": str(path)})
-    result = subprocess.run([sys.executable, str(ROOT / "app.py"), "--db", str(path)],
+    result = subprocess.run([sys.executable, str(ROOT / "server.py"), "--db", str(path)],
                             capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 2
     assert "Cannot start" in result.stderr and "schema version" in result.stderr
-    assert schema_version(path) == [(models.SCHEMA_VERSION + 1,)]
+    assert schema_version(path) == [(migrations.SCHEMA_VERSION + 1,)]

@@ -203,10 +203,10 @@ def test_a_backup_restores_exactly_what_the_database_held(start_server, tmp_path
     assert srv.stop() == 0 and restored.stop() == 0
 
 
-def test_python_app_py_backup_works_too(server, tmp_path):
+def test_python_server_py_backup_works_too(server, tmp_path):
     post(server.url, "/api/instances", VALID)
     result = run_backup(tmp_path / "copy.db", "--db", server.db_path,
-                        command=(sys.executable, str(ROOT / "app.py")))
+                        command=(sys.executable, str(ROOT / "server.py")))
     assert_backed_up(result)
     conn = sqlite3.connect(tmp_path / "copy.db")
     try:

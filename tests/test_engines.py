@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import migrations
 import models
 from app import create_app
 from conftest import POSTGRES_URL, ROOT, SITE, USER, Server, call, clean_environment, connect
@@ -22,8 +23,8 @@ postgres_only = pytest.mark.skipif(not POSTGRES_URL, reason="needs INSTANCES_TES
 
 
 def start(tmp_path, *flags, env=None):
-    """Run `python app.py` expecting it to refuse and exit."""
-    return subprocess.run([sys.executable, str(ROOT / "app.py"), "--port", "0", *flags],
+    """Run `python server.py` expecting it to refuse and exit."""
+    return subprocess.run([sys.executable, str(ROOT / "server.py"), "--port", "0", *flags],
                           env={**clean_environment(), **(env or {})}, cwd=tmp_path,
                           capture_output=True, text=True, timeout=30)
 
@@ -233,10 +234,10 @@ def test_a_migration_runs_in_place_on_this_engine(client, instance):
         models.SchemaVersion.update(version=2).execute()
     models.db.close_all()
 
-    models.create_tables()
+    migrations.create_tables()
 
     with models.db.connection_context():
-        assert models.stored_version() == models.SCHEMA_VERSION
+        assert migrations.stored_version() == migrations.SCHEMA_VERSION
     assert client.get(logs).headers["X-Total-Count"] == "3"
     assert [log["message"] for log in client.get(logs).get_json()] == ["m2", "m1", "m0"]
     client.post(logs, json={"log_type": "system", "message": "m3"})

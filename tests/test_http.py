@@ -9,9 +9,9 @@ from datetime import timedelta
 
 import pytest
 
-import app
+import loglines
 import models
-from app import LineBatches
+from loglines import LineBatches
 from conftest import SITE, USER, Server, assert_problem, call, random_id
 
 NEW_INSTANCE = {"site_id": SITE, "user_id": USER, "name": "box"}
@@ -314,7 +314,7 @@ def test_the_request_id_is_in_the_log_line_for_the_request(client, caplog):
 def test_the_real_server_logs_a_line_per_request_with_its_id(server):
     call(server.url, "GET", "/api/instances", headers={"X-Request-ID": "from-curl"})
     call(server.url, "DELETE", f"/api/instances/{random_id()}")
-    # The whole line, as logging's records are written (app.LINE_FORMAT),
+    # The whole line, as logging's records are written (loglines.LINE_FORMAT),
     # though the server writes access lines without one (LineBatches.line).
     stamp = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO instance_api.access: "
     server.wait_for(re.compile(stamp + r"GET /api/instances 200 [\d.]+ms request_id=from-curl$",
@@ -326,7 +326,7 @@ def test_the_real_server_logs_a_line_per_request_with_its_id(server):
 @pytest.fixture
 def lines():
     """A logger of its own writing to a LineBatches handler on a StringIO,
-    as `instance-api serve` logs (app.configure_logging)."""
+    as `instance-api serve` logs (loglines.configure_logging)."""
     made = []
 
     def make(interval):
@@ -363,14 +363,14 @@ def test_log_lines_are_written_within_the_interval(lines):
 
 
 def test_log_lines_keep_loggings_time_format():
-    ours, stock = app.Formatter("%(asctime)s"), logging.Formatter("%(asctime)s")
+    ours, stock = loglines.Formatter("%(asctime)s"), logging.Formatter("%(asctime)s")
     for created in (1_764_410_000.0, 1_764_410_000.9995, 1_764_410_001.25, 1_764_410_000.5):
         record = logging.makeLogRecord({"created": created, "msecs": (created % 1) * 1000})
         assert ours.format(record) == stock.format(record)
 
 
 def test_a_line_made_without_a_record_is_the_line_of_the_record():
-    ours, stock = app.Formatter(app.LINE_FORMAT), logging.Formatter(app.LINE_FORMAT)
+    ours, stock = loglines.Formatter(loglines.LINE_FORMAT), logging.Formatter(loglines.LINE_FORMAT)
     for created in (1_764_410_000.0, 1_764_410_000.9995, 1_764_410_001.25, 1_764_410_001.5):
         record = logging.makeLogRecord({"name": "instance_api.access", "levelname": "INFO",
                                         "msg": "GET / 200", "created": created,
@@ -441,6 +441,6 @@ def test_after_is_an_index_seek_however_deep_the_cursor(client, instance):
         plan = " ".join(row[3] for row in models.db.execute_sql(
             f"EXPLAIN QUERY PLAN {sql}", params).fetchall())
         # The table (t1) is searched, never scanned, not even in index
-        # order; "SCAN row" reads the page's own rows (models.json_rows).
+        # order; "SCAN row" reads the page's own rows (storage.reads.json_rows).
         assert "SEARCH t1" in plan and "SCAN t1" not in plan, (sql, plan)
         assert "SEARCH" in plan and "INDEX" in plan, plan

@@ -9,6 +9,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 
 import models
+from storage.ids import uuid7
 from conftest import SITE, USER, assert_problem, random_id
 
 URL = "/api/instances"
@@ -150,14 +151,14 @@ def test_ids_of_successive_creates_sort_in_creation_order(make_many):
 def test_a_forked_worker_draws_its_own_random_bits_for_ids():
     """Workers fork from one parent (serve --workers): ids they make in the
     same millisecond must still differ in their random bits."""
-    models.uuid7()  # the parent has random bytes at hand
+    uuid7()  # the parent has random bytes at hand
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:
-        os.write(write_end, models.uuid7().bytes)
+        os.write(write_end, uuid7().bytes)
         os._exit(0)
     os.waitpid(pid, 0)
-    in_child, in_parent = os.read(read_end, 16), models.uuid7().bytes
+    in_child, in_parent = os.read(read_end, 16), uuid7().bytes
     os.close(read_end)
     os.close(write_end)
     # Bytes 8 to 15 hold 62 of the random bits (after the variant).

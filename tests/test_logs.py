@@ -355,7 +355,7 @@ def test_level_filters_select_by_severity(client, every_level, logs_url, query, 
 
 
 def test_level_filters_one_after_another_on_one_database(client, every_level, logs_url):
-    """Each query shape is compiled once per database (models.run), and each
+    """Each query shape is compiled once per database (storage.reads.run), and each
     case above has a database of its own: here every shape runs against the
     same one, so shapes that differ only in how many levels they name must
     not share SQL."""

@@ -39,7 +39,7 @@ PLAN_SHAPES = [
 # their table t1), but not "SCAN t1 USING INDEX ..." (an index read in
 # order, which LIMIT stops), "SCAN CONSTANT ROW", nor "SCAN row": the page's
 # rows, at most `limit` of them, read as they come to build its JSON
-# (models.json_rows).
+# (storage.reads.json_rows).
 TABLE_SCAN = re.compile(r"^SCAN (?!row$)\w+$")
 
 

@@ -1,4 +1,4 @@
-"""Group commit (models.Writer.combined): inserts queued while another thread
+"""Group commit (storage.writes.Writer.combined): inserts queued while another thread
 holds the write lock go into the database together, and each caller still
 gets its own rows, or its own error."""
 import threading
@@ -9,7 +9,8 @@ import pytest
 from peewee import IntegrityError
 
 import models
-from models import Insert, Instance, InstanceLog, WriterBusy, insert_all
+from models import Instance, InstanceLog
+from storage.writes import Insert, WriterBusy, insert_all
 
 
 def log(message):

@@ -1,0 +1,346 @@
+"""Serving: the `instance-api` command line (serve, openapi, backup),
+waitress with its framing checks, worker processes sharing one port,
+draining on SIGTERM, and WAL checkpoints.
+
+Not here: the application itself (app.py) or how log lines are written
+(loglines.py).
+"""
+import argparse
+import ipaddress
+import json
+import logging
+import os
+import signal
+import socket
+import sqlite3
+import sys
+import threading
+import time
+
+import orjson
+import waitress
+from peewee import DatabaseError
+from waitress import wasyncore
+from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser, ParsingError
+from waitress.task import ErrorTask
+
+from app import DEFAULTS, PROBLEM_TYPE, create_app, shown_database
+from loglines import configure_logging
+from migrations import SchemaTooNew
+from storage import db
+from storage.backup import BackupFailed
+from storage.backup import backup as backup_file
+from storage.engines import DatabaseUnfit
+
+log = logging.getLogger("instance_api")
+
+
+class ProblemErrorTask(ErrorTask):
+    """waitress answers some requests itself (a body past its own limit,
+    malformed HTTP); those answers are problem JSON too (CONTRACT 1.5)."""
+
+    def execute(self):
+        error = self.request.error
+        body = orjson.dumps({"type": PROBLEM_TYPE, "title": error.reason,
+                             "status": error.code, "detail": f"{error.reason}: {error.body}."})
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.extend([("Content-Type", "application/problem+json"),
+                                      ("X-Content-Type-Options", "nosniff")])
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+class FramingParser(HTTPRequestParser):
+    """Refuse a request whose body length is ambiguous (RFC 9112 6.1): both
+    Content-Length and Transfer-Encoding, or Transfer-Encoding in HTTP/1.0.
+    waitress would go by one of them and keep the connection open, so bytes
+    that a proxy in front read as part of the body would be served here as a
+    second request: request smuggling. A 400 closes the connection."""
+
+    def parse_header(self, header_plus):
+        if b"transfer-encoding" not in header_plus.lower():
+            return super().parse_header(header_plus)
+        first, *lines = header_plus.split(b"\n")
+        names = {line.split(b":", 1)[0].strip().lower() for line in lines if b":" in line}
+        if b"transfer-encoding" in names and (
+                b"content-length" in names or first.rstrip().upper().endswith(b"HTTP/1.0")):
+            raise ParsingError("Transfer-Encoding with Content-Length or in HTTP/1.0 "
+                               "leaves the body length ambiguous")
+        return super().parse_header(header_plus)
+
+
+class ProblemChannel(HTTPChannel):
+    error_task_class = ProblemErrorTask
+    parser_class = FramingParser
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="instance-api",
+        description="Serve the Instance Management API with waitress. Flags override "
+                    "the INSTANCES_* environment variables.",
+        epilog="`instance-api serve [flags]` is the same as `instance-api [flags]`. Other "
+               "commands: `instance-api openapi [FILE]` writes the OpenAPI "
+               "document; `instance-api backup PATH` copies the database while it is "
+               "in use.")
+    parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on, 0 for any free one "
+                                                 "(default 8080)")
+    parser.add_argument("--threads", type=int, help="worker threads per process (default 8)")
+    parser.add_argument("--workers", type=int,
+                        help="server processes sharing the port (default 1)")
+    parser.add_argument("--db", dest="database", help="SQLite file (default instances.db)")
+    parser.add_argument("--database-url", help="sqlite:///PATH or "
+                        "postgresql://USER@HOST:PORT/DB (wins over --db)")
+    parser.add_argument("--allow-open-network", action="store_true", default=None,
+                        help="serve on a non-loopback address without API tokens, "
+                             "on purpose")
+    args = parser.parse_args(argv)
+    return {key.upper(): value for key, value in vars(args).items() if value is not None}
+
+
+def main(argv=None):
+    """`instance-api [serve] [flags]` serves; `instance-api openapi [FILE]`
+    writes the API's OpenAPI document; `instance-api backup PATH` copies the
+    database."""
+    argv = sys.argv[1:] if argv is None else argv
+    commands = {"serve": serve, "openapi": write_openapi, "backup": backup}
+    if argv[:1] and argv[0] in commands:
+        return commands[argv[0]](argv[1:])
+    return serve(argv)
+
+
+def write_openapi(argv):
+    parser = argparse.ArgumentParser(
+        prog="instance-api openapi",
+        description="Write the OpenAPI document that GET /api/openapi.json serves.")
+    parser.add_argument("file", nargs="?", help="where to write it (default: standard output)")
+    args = parser.parse_args(argv)
+    # The document does not depend on the data, so no database file is made.
+    app = create_app({"DATABASE": ":memory:"})
+    text = json.dumps(app.test_client().get("/api/openapi.json").get_json(), indent=2) + "\n"
+    db.close_all()
+    if args.file:
+        with open(args.file, "w", encoding="utf-8") as out:
+            out.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+# How long a thread may hold the GIL while others wait (CPython's default is
+# 5 ms). A writer holding the write lock must get the GIL back after each
+# SQLite call; behind threads busy parsing and serializing, it waited up to
+# 5 ms each time, and POSTs at 32 connections ran at half the rate of 8
+# (bench/run.py: append_log 502 req/s at 5 ms, 761 at 0.5 ms; GETs and the
+# bare-Flask ceiling unchanged).
+SWITCH_INTERVAL = 0.0005
+
+
+def serve(argv):
+    """Serve the app with waitress until SIGTERM or Ctrl-C, then finish the
+    requests in flight and exit 0. With --workers N, N processes share one
+    listening socket."""
+    configure_logging()
+    sys.setswitchinterval(SWITCH_INTERVAL)
+    try:
+        app = create_app(parse_args(argv))
+        cfg = app.config
+        refuse_open_network(cfg)
+        if cfg["WORKERS"] == 1:
+            server = make_server(app, host=cfg["HOST"], port=cfg["PORT"])
+        else:
+            listener = bind(cfg["HOST"], cfg["PORT"])
+    # A bad setting, a taken port, an unwritable file, a file from a newer server.
+    except (ValueError, OSError, DatabaseError, SchemaTooNew, DatabaseUnfit) as exc:
+        log.error("Cannot start: %s", exc)
+        return 2
+    if cfg["WORKERS"] == 1:
+        log.info("Listening on http://%s:%s with database %s", server.effective_host,
+                 server.effective_port, shown_database(cfg))
+        return run(server, cfg)
+    host, port = listener.getsockname()[:2]
+    log.info("Listening on http://%s:%s with database %s (%d worker processes)",
+             host, port, shown_database(cfg), cfg["WORKERS"])
+    return prefork(app, listener, cfg["WORKERS"])
+
+
+def make_server(app, **where):
+    """waitress with the service's settings, on host/port or on `sockets`."""
+    cfg = app.config
+    server = waitress.create_server(
+        app, threads=cfg["THREADS"],
+        # A backstop only: Flask answers oversized bodies first, as problem JSON.
+        max_request_body_size=cfg["MAX_CONTENT_LENGTH"] + (64 << 10),
+        max_request_header_size=cfg["MAX_HEADER_BYTES"],
+        # An idle or stalled connection (a slowloris) is dropped after this
+        # many seconds, and no more than this many are held at once.
+        channel_timeout=cfg["CHANNEL_TIMEOUT"], connection_limit=cfg["CONNECTION_LIMIT"],
+        # waitress looks for timed-out connections every cleanup_interval
+        # (30 s by default), which would stretch a short channel_timeout.
+        cleanup_interval=max(1, min(30, cfg["CHANNEL_TIMEOUT"] // 2)),
+        ident="instance-api", **where,
+    )
+    server.channel_class = ProblemChannel
+    return server
+
+
+def run(server, cfg):
+    """The serving loop of one process, until SIGTERM or SIGINT."""
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda signum, frame: stopping.set())
+    checkpoints = threading.Thread(target=checkpoint_every, daemon=True,
+                                   args=(cfg["CHECKPOINT_INTERVAL"], stopping))
+    checkpoints.start()
+    try:
+        while not stopping.is_set():
+            wasyncore.loop(timeout=0.5, map=server._map, use_poll=True, count=1)
+        drain(server, deadline=time.monotonic() + 8)
+    finally:
+        server.close()
+        server.task_dispatcher.shutdown(timeout=1)
+        db.close_all()
+    log.info("Stopped")
+    return 0
+
+
+def bind(host, port):
+    """A listening socket made before the workers fork, so they share it and
+    the kernel spreads connections over them."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    listener = socket.socket(family, kind, proto)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(address)
+    listener.listen(1024)
+    return listener
+
+
+def prefork(app, listener, workers):
+    """Fork `workers` serving processes on `listener` and watch them: one that
+    dies is replaced; SIGTERM or SIGINT is passed on, and each worker
+    finishes its requests in flight before the parent exits 0."""
+    # No connection may cross the fork: each worker opens its own.
+    db.close_all()
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda signum, frame: stopping.set())
+
+    def spawn():
+        pid = os.fork()
+        if pid == 0:  # the worker
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, signal.SIG_DFL)
+            code = 1
+            try:
+                code = run(make_server(app, sockets=[listener]), app.config)
+            finally:
+                logging.shutdown()   # its last lines: os._exit skips this
+                os._exit(code)
+        return pid
+
+    children = {spawn() for _ in range(workers)}
+    while not stopping.is_set():
+        stopping.wait(0.2)
+        pid, status = os.waitpid(-1, os.WNOHANG)
+        if pid and not stopping.is_set():
+            log.warning("Worker %d exited (status %d); starting another", pid, status)
+            children.discard(pid)
+            children.add(spawn())
+    for pid in children:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while children and time.monotonic() < deadline:
+        pid, _ = os.waitpid(-1, os.WNOHANG)
+        children.discard(pid)
+        time.sleep(0.05)
+    for pid in children:
+        os.kill(pid, signal.SIGKILL)
+    listener.close()
+    log.info("Stopped")
+    return 0
+
+
+def refuse_open_network(cfg):
+    """2.3: no API reachable from the network without tokens, by accident."""
+    host = cfg["HOST"]
+    if cfg["TOKENS"] or cfg["ALLOW_OPEN_NETWORK"] or host == "localhost":
+        return
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return
+    except ValueError:
+        pass  # a host name: it may resolve to anything
+    raise ValueError(
+        f"--host {host} would open the API to the network without tokens; set "
+        "INSTANCES_API_TOKENS or INSTANCES_API_TOKENS_FILE, or pass --allow-open-network "
+        "(INSTANCES_ALLOW_OPEN_NETWORK=1) if that is what you want")
+
+
+def drain(server, deadline):
+    """Stop accepting, then keep serving the connections that have a request
+    in flight or a response still to send, until they are done or the
+    deadline passes."""
+    server.del_channel()
+    server.socket.close()
+    log.info("Stopping: finishing the requests in flight")
+
+    def busy():
+        dispatcher = server.task_dispatcher
+        return dispatcher.active_count or dispatcher.queue or any(
+            getattr(channel, "requests", None) or getattr(channel, "total_outbufs_len", 0)
+            for channel in list(server._map.values()))
+
+    while busy() and time.monotonic() < deadline:
+        wasyncore.loop(timeout=0.05, map=server._map, use_poll=True, count=1)
+
+
+def checkpoint_every(interval, stopping):
+    """Copy the WAL into the database file now and then, so the -wal file
+    stays small even when readers keep SQLite's own checkpoints from
+    finishing; journal_size_limit then truncates it."""
+    while not stopping.wait(interval):
+        try:
+            with db.connection_context():
+                db.execute_sql("PRAGMA wal_checkpoint(PASSIVE)")
+        except DatabaseError as exc:
+            log.warning("Checkpoint failed: %s", exc)
+
+
+def backup(argv):
+    parser = argparse.ArgumentParser(
+        prog="instance-api backup",
+        description="Copy the database to PATH while the server keeps running (SQLite's "
+                    "online backup), then check the copy with integrity_check.")
+    parser.add_argument("path", help="the file to write; it must not exist yet")
+    parser.add_argument("--db", help="the database to copy (default: INSTANCES_DATABASE "
+                                     "or instances.db)")
+    args = parser.parse_args(argv)
+    source = args.db or os.environ.get("INSTANCES_DATABASE") or DEFAULTS["DATABASE"]
+    url = os.environ.get("INSTANCES_DATABASE_URL", "")
+    if not args.db and url.startswith(("postgresql://", "postgres://")):
+        print("Backup failed: this command copies a SQLite file; back up PostgreSQL with its "
+              "own tools (pg_dump, or the managed service's snapshots)", file=sys.stderr)
+        return 1
+    if not args.db and url.startswith("sqlite:///"):
+        source = url[len("sqlite:///"):]
+    try:
+        pages = backup_file(source, args.path, progress=report_progress)
+    except (OSError, sqlite3.Error, BackupFailed) as exc:
+        print(f"Backup failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"Backed up {os.path.abspath(source)} to {os.path.abspath(args.path)} "
+          f"({pages} pages); integrity_check: ok")
+    return 0
+
+
+def report_progress(copied, total):
+    print(f"\rcopied {copied}/{total} pages ({100 * copied // max(total, 1)}%)",
+          end="" if copied < total else "\n", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

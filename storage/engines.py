@@ -1,0 +1,237 @@
+"""Opening a database, and every difference between the two engines.
+
+SQLite (one file, the default) and PostgreSQL (several server processes and
+hosts): the pragmas, the connection per thread or the pool, what an error
+that means "not now" looks like, row and key locks, and case-insensitive
+search. The rest of the code asks the small functions here rather than
+looking at the engine itself. Not here: the column types (fields), the
+write path (writes) and the read path (reads).
+"""
+import threading
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+from peewee import SqliteDatabase, fn
+from playhouse.cysqlite_ext import CySqliteDatabase
+from playhouse.pool import PooledPostgresqlDatabase
+
+from storage import db
+from storage.writes import Writer, WriterBusy
+
+# WAL lets readers run beside the one writer. synchronous=NORMAL skips the
+# fsync on each commit in WAL mode: a crash of the process loses nothing
+# committed, a power cut can lose the last transactions; FULL (setting
+# SYNCHRONOUS) syncs every commit. foreign_keys is off by default in SQLite and
+# ON DELETE CASCADE needs it. journal_size_limit truncates the -wal file back
+# to 64 MiB after a checkpoint, so one burst does not leave it large for good.
+SYNCHRONOUS = ("NORMAL", "FULL")
+
+
+def sqlite_pragmas(synchronous="NORMAL", busy_timeout=5.0):
+    return (
+        # First, so that it is in force before WAL is set.
+        ("busy_timeout", int(busy_timeout * 1000)),
+        ("journal_mode", "wal"),
+        ("synchronous", synchronous),
+        ("foreign_keys", 1),
+        ("journal_size_limit", 64 << 20),
+        ("cache_size", -4096),      # KiB per connection: bounded memory per thread
+        ("temp_store", "memory"),
+    )
+
+
+# Database errors that mean "not now" rather than "bug". SQLite: the lock is
+# held by another process, or the file cannot take writes (read-only, disk
+# full, I/O). PostgreSQL: a lock wait past lock_timeout, a lost race, a
+# server that is down or restarting.
+UNAVAILABLE = ("locked", "busy", "readonly", "read-only", "disk is full", "disk i/o",
+               "unable to open", "lock timeout", "could not serialize", "deadlock detected",
+               "could not connect", "connection refused", "server closed the connection",
+               "terminating connection", "connection failed")
+
+
+def unavailable(exc):
+    """Why the database cannot serve now, or None when `exc` is a fault.
+
+    A failed COMMIT is rolled back by SQLite itself; peewee's own rollback
+    then fails too and hides the cause in __context__, so the chain is read."""
+    if isinstance(exc, WriterBusy):
+        return f"{exc} (busy)"
+    cause = exc
+    for _ in range(5):
+        if cause is None:
+            break
+        if any(word in str(cause).lower() for word in UNAVAILABLE):
+            return str(cause)
+        cause = cause.__context__
+    return None
+
+
+def open_database(target, busy_timeout=5.0, synchronous="NORMAL"):
+    """The database named by `target`: a URL (sqlite:///PATH, where
+    sqlite:////srv/x.db is absolute; postgresql://USER@HOST:PORT/DB) or a
+    plain SQLite file path."""
+    if target.startswith(("postgresql://", "postgres://")):
+        return open_postgres(target, busy_timeout)
+    if target.startswith("sqlite:///"):
+        target = target[len("sqlite:///"):]
+    elif "://" in target:
+        raise ValueError(f"unsupported database URL {target.split('://')[0]}://...; use "
+                         "sqlite:///PATH or postgresql://USER@HOST:PORT/DB")
+    return open_sqlite(target, busy_timeout, synchronous)
+
+
+class ThreadSqliteDatabase(CySqliteDatabase):
+    """SQLite with one connection per thread, kept open from one request to
+    the next (waitress's threads live as long as the server): pragmas run
+    once per connection, and a request borrows none, so takes no lock.
+
+    The driver is cysqlite (peewee's playhouse.cysqlite_ext), not Python's
+    sqlite3: sqlite3 gives up the GIL three times per statement (each step
+    and the reset), cysqlite twice (it resets holding it). Under load each
+    hand-off is a wait behind the other threads: at 8 connections a GET by
+    id made 32 context switches with sqlite3, 22 with cysqlite, and served
+    17% more requests (README "Where the time goes"). cysqlite's wheels
+    also bring their own SQLite, whatever the system has.
+
+    `release` ends a request; `close_all` closes every thread's connection
+    (at shutdown, before a fork, between tests)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._opened, self._opened_lock = set(), threading.Lock()
+
+    def _connect(self):
+        conn = super()._connect()
+        with self._opened_lock:
+            self._opened.add(conn)
+        return conn
+
+    def _close(self, conn):
+        with self._opened_lock:
+            self._opened.discard(conn)
+        super()._close(conn)
+
+    def release(self):
+        """Keep the connection; roll back what a failed request left open."""
+        conn = self._state.conn
+        if conn is not None and conn.in_transaction:
+            conn.rollback()
+
+    def close_all(self):
+        with self._opened_lock:
+            opened, self._opened = self._opened, set()
+        for conn in opened:
+            conn.close()
+        # Each thread's state forgets its connection, closed above.
+        self._state = type(self._state)()
+
+
+class PooledPostgres(PooledPostgresqlDatabase):
+    """PostgreSQL connections are shared out by a pool: a server has fewer
+    sessions to give than a few processes of threads would keep."""
+
+    def release(self):
+        """Give the connection back to the pool (rolled back if need be)."""
+        if not self.is_closed():
+            self.close()
+
+
+def open_sqlite(path, busy_timeout=5.0, synchronous="NORMAL"):
+    """A SQLite database, a connection per thread (ThreadSqliteDatabase).
+
+    Every transaction begins IMMEDIATE, taking the write lock up front: the
+    writes that read first (If-Match, idempotency keys, parent checks) then
+    cannot interleave, and no transaction has to upgrade a read lock, which
+    in WAL mode fails at once instead of waiting for the busy timeout.
+    """
+    database = ThreadSqliteDatabase(
+        path, pragmas=sqlite_pragmas(synchronous, busy_timeout), lock_type="IMMEDIATE",
+        rank_functions=False,   # full-text ranking; nothing here searches that way
+    )
+    database.writer = Writer(busy_timeout)
+    database.shapes = {}
+    database.text_timestamps = True
+    # SQLite's own lower() and LIKE fold ASCII only; `q` should find "Écran"
+    # with "écran" too.
+    database.register_function(_casefold, "casefold", 1, deterministic=True)
+    return database
+
+
+def open_postgres(url, busy_timeout=5.0):
+    """A pooled PostgreSQL database (psycopg 3). Sessions run in UTC, and a
+    write that waits on a row lock longer than the busy timeout fails, as a
+    503 like SQLite's busy lock. Timestamps are TIMESTAMPTZ."""
+    query = parse_qs(urlsplit(url).query)
+    options = " ".join([*query.get("options", []), "-c timezone=UTC",
+                        f"-c lock_timeout={int(busy_timeout * 1000)}"])
+    database = PooledPostgres(
+        url, prefer_psycopg3=True, max_connections=None, stale_timeout=300,
+        field_types={"DATETIME": "TIMESTAMPTZ"}, options=options,
+    )
+    # Writers still queue in the process: appends to one busy instance all
+    # lock its row, and waiting on a Python lock measured cheaper than
+    # waiting on PostgreSQL's (bench/run.py --scaling, POST log, 2 workers,
+    # one session: 466 req/s queued, 332-371 without).
+    database.writer = Writer(busy_timeout)
+    database.shapes, database.readers = {}, {}
+    database.text_timestamps = False
+    # jsonb keeps numbers as NUMERIC and writes 1e20 back as 100000000000000000000;
+    # psycopg's default loader (json) would make that an int wider than 64
+    # bits, which orjson cannot write. orjson reads it as the float it was.
+    from psycopg.types.json import set_json_loads
+    set_json_loads(orjson.loads)
+    return database
+
+
+def is_sqlite():
+    return isinstance(db.obj, SqliteDatabase)
+
+
+def for_write(query):
+    """`query` locking its rows until the write transaction ends, where the
+    engine has row locks (PostgreSQL). SQLite's IMMEDIATE transaction already
+    holds the whole file."""
+    return query.for_update() if db.for_update else query
+
+
+def lock_key(text):
+    """Serialize the transactions that use one key (an Idempotency-Key), across
+    processes: a PostgreSQL advisory lock until the transaction ends. On
+    SQLite the IMMEDIATE write lock already does it."""
+    if not is_sqlite():
+        db.execute_sql("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (text,))
+
+
+def _casefold(text):
+    return None if text is None else text.casefold()
+
+
+def contains_folded(field, folded):
+    """`field` contains `folded` (a `fold`ed text, or a Slot for one), ignoring
+    case: Unicode-aware on both engines; PostgreSQL's lower() follows the
+    database's locale."""
+    if is_sqlite():
+        return fn.instr(fn.casefold(field), folded) > 0
+    return fn.strpos(fn.lower(field), folded) > 0
+
+
+def fold(text):
+    """`text` folded as contains_folded folds the column."""
+    return text.casefold() if is_sqlite() else text.lower()
+
+
+def verify_wal():
+    """Refuse a database where WAL could not be enabled (a network file
+    system, a read-only directory): readers would block the writer."""
+    if not is_sqlite():
+        return
+    with db.connection_context():
+        mode = db.execute_sql("PRAGMA journal_mode").fetchone()[0]
+    if mode != "wal":
+        raise DatabaseUnfit(f"the database runs in journal_mode={mode}, not wal; put it on a "
+                            "local file system in a writable directory")
+
+
+class DatabaseUnfit(Exception):
+    pass
