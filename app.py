@@ -351,7 +351,7 @@ class Traced:
     Done on the WSGI call rather than in Flask's request hooks (request
     proxies, Headers, g), which cost about 20 of the 120 µs of a GET by id
     in-process, and under load a request's Python time is several times
-    its in-process time (README "Where the time goes")."""
+    its in-process time (bench/README.md "Where the time goes")."""
 
     def __init__(self, wsgi_app):
         self.wsgi_app = wsgi_app

@@ -19,7 +19,7 @@ class LineBatches(logging.Handler):
     Written as they come, each access line took the handler's lock and a
     system call that gives up the GIL, in the middle of its request: at 8
     connections a GET by id spent as much server CPU on its log line as on
-    its query (README "Where the time goes"). Here a request only formats
+    its query (bench/README.md "Where the time goes"). Here a request only formats
     its line and appends it to a deque, which needs no lock."""
 
     def __init__(self, stream, interval=0.05):

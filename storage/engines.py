@@ -91,7 +91,7 @@ class ThreadSqliteDatabase(CySqliteDatabase):
     and the reset), cysqlite twice (it resets holding it). Under load each
     hand-off is a wait behind the other threads: at 8 connections a GET by
     id made 32 context switches with sqlite3, 22 with cysqlite, and served
-    17% more requests (README "Where the time goes"). cysqlite's wheels
+    17% more requests (bench/README.md "Where the time goes"). cysqlite's wheels
     also bring their own SQLite, whatever the system has.
 
     `release` ends a request; `close_all` closes every thread's connection

@@ -76,7 +76,7 @@ def representations(model, shape, build, values):
     with the server's threads busy each of those costs a thread switch to
     get it back: read row by row, a page of 50 logs cost 5,300 µs of server
     CPU and 127 context switches per request; in one step, 3,200 µs and 47
-    (wrk at 8 connections, README "Where the time goes")."""
+    (wrk at 8 connections, bench/README.md "Where the time goes")."""
     return counted_representations(model, shape, build, values)[1]
 
 

@@ -88,7 +88,7 @@ class Writer:
         on SQLite its thread gives up the GIL and, under load, waits behind
         the other threads to get it back, holding the lock all the while: at
         one insert per statement, every write queued behind each such wait
-        (README "Where the time goes"). Had the others queued on the lock
+        (bench/README.md "Where the time goes"). Had the others queued on the lock
         itself, each would also have had to take it in turn, and wait for
         the GIL to do so, only to find its rows stored.
 
