@@ -175,6 +175,9 @@ class Instance(EditableModel):
     agent_id = CanonicalUUIDField(null=True)
     configuration = ObjectField()
     environment_variables = ObjectField()
+    # Found through indexes of their own (search.py). The database default
+    # gives the rows of an older schema none (migration 7).
+    labels = ObjectField(constraints=[SQL("DEFAULT '{}'")])
     # How many logs the instance has, kept in the transaction that adds them
     # (logs are never deleted alone), so an unfiltered log list's
     # X-Total-Count costs one row read instead of counting 100,000 index

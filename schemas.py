@@ -9,18 +9,18 @@ as in the contract's tables; `<Noun>QuerySchema` is the list query.
 A schema's own `EXAMPLE` is published with it in the OpenAPI document; the
 tests check that each one passes its schema.
 """
-from datetime import timezone
-
 import orjson
 from marshmallow import (
     RAISE, Schema, ValidationError, fields, missing, pre_load, validate, validates_schema,
 )
-from webargs.fields import DelimitedList
 
+from labels import KEY, LabelSelectors, Labels, is_key
 from models import INSTANCE_STATUSES, INSTANCE_TYPES, LOG_LEVELS, PLAN_STATUSES
-from storage.fields import rfc3339
+from schema_fields import (
+    Enum, EnumList, JSONObject, Moment, Pattern, QueryInteger, Slug, Sort, Text, Timestamp,
+    WholeNumber, not_blank,
+)
 
-SLUG = r"^[a-z][a-z0-9_.-]{0,63}$"
 ENV_KEY = r"^[A-Za-z_][A-Za-z0-9_]*$"
 INT32 = validate.Range(-(2**31), 2**31 - 1)
 
@@ -29,60 +29,6 @@ INT32 = validate.Range(-(2**31), 2**31 - 1)
 SERVER_SET = frozenset(("id", "instance_id", "created_at", "updated_at",
                         "started_at", "completed_at"))
 BATCH_MAX = 1000
-
-
-def not_blank(value):
-    if not value.strip():
-        raise ValidationError("Must contain a non-whitespace character.")
-
-
-class Pattern(validate.Regexp):
-    """Regexp that must match the whole value. Python's `$` also matches
-    before a final newline, so "system\\n" would pass a plain Regexp; the
-    pattern itself stays in the portable ^...$ form the API docs publish."""
-
-    def __call__(self, value):
-        if self.regex.fullmatch(value) is None:
-            raise ValidationError(self._format_error(value))
-        return value
-
-
-def sorted_keys(value):
-    """`value` with the keys of every object in it sorted."""
-    if isinstance(value, dict):
-        return {key: sorted_keys(value[key]) for key in sorted(value)}
-    if isinstance(value, list):
-        return [sorted_keys(item) for item in value]
-    return value
-
-
-class JSONObject(fields.Dict):
-    """A JSON object, written out with its keys sorted at every depth.
-
-    PostgreSQL's jsonb does not keep key order, so without this a resource
-    read back would differ from the one just written (and so would its
-    ETag), and the two engines would answer differently. Inputs nest at most
-    64 levels (routes/common.py), well within recursion limits. The keys of
-    a JSON object are strings already; a `keys` field is only for rules of
-    its own (environment variable names)."""
-
-    def _serialize(self, value, attr, obj, **kwargs):
-        # What is written out was stored, so was checked on the way in:
-        # Dict's per-key serialization would only cost time. A Fragment is
-        # stored text that is already sorted (storage.reads.representations).
-        if value is None or isinstance(value, orjson.Fragment):
-            return value
-        return sorted_keys(value)
-
-
-class Moment(fields.DateTime):
-    """A timestamp written as RFC 3339 in UTC with microseconds, from a
-    datetime or from the text the storage layer already made of one
-    (storage.reads.representations), so both write the same bytes."""
-
-    def _serialize(self, value, attr, obj, **kwargs):
-        return value if value is None or isinstance(value, str) else rfc3339(value)
-
 
 # For a field whose `_serialize` returns a value of this type as it is, the
 # value is taken without the call: the same output, and most of a read's
@@ -118,58 +64,6 @@ class Representation(Schema):
             except KeyError:
                 pass  # a field without a value is left out, as marshmallow does
         return super()._serialize(obj)
-
-
-def Slug(**kwargs):
-    return fields.String(
-        validate=Pattern(SLUG, error="Must be a lower-case slug matching {regex}."), **kwargs)
-
-
-def Enum(choices, **kwargs):
-    return fields.String(validate=validate.OneOf(choices), **kwargs)
-
-
-def EnumList(choices):
-    """A query filter taking one value of `choices` or a comma list of them."""
-    return DelimitedList(Enum(choices), validate=validate.Length(min=1))
-
-
-class Timestamp(fields.AwareDateTime):
-    """An RFC 3339 query timestamp with a zone, brought to UTC."""
-
-    default_error_messages = {
-        "invalid": "Not a valid RFC 3339 timestamp; use e.g. 2026-11-28T22:10:25Z "
-                   "(a '+' in an offset must be sent as %2B in a URL).",
-        "invalid_awareness": "The timestamp needs a zone: Z or an offset like +02:00.",
-    }
-
-    def _deserialize(self, value, attr, data, **kwargs):
-        moment = super()._deserialize(value, attr, data, **kwargs)
-        try:
-            return moment.astimezone(timezone.utc)
-        except OverflowError:  # 0001-01-01T00:00:00+01:00 is before year 1 in UTC
-            raise self.make_error("invalid") from None
-
-
-class Sort(DelimitedList):
-    """`sort=a,-b`: fields from `names`, each ascending or, with a leading
-    `-`, descending. Loads as a list of (name, descending) pairs."""
-
-    def __init__(self, names):
-        self.names = names
-        keys = [key for name in names for key in (name, f"-{name}")]
-        super().__init__(fields.String(metadata={"enum": keys}), validate=validate.Length(min=1))
-
-    def _deserialize(self, value, attr, data, **kwargs):
-        keys = []
-        for item in super()._deserialize(value, attr, data, **kwargs):
-            name = item.removeprefix("-")
-            if name not in self.names:
-                raise ValidationError(
-                    f"Cannot sort by {item!r}; use {', '.join(self.names)}, "
-                    "each with a leading - for descending order.")
-            keys.append((name, item.startswith("-")))
-        return keys
 
 
 class InputSchema(Schema):
@@ -248,8 +142,8 @@ class ProblemSchema(Schema):
 
 class ListQuerySchema(Schema):
     """Pagination shared by every list (CONTRACT 1.4)."""
-    limit = fields.Integer(load_default=50, validate=validate.Range(0, 1000))
-    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    limit = QueryInteger(load_default=50, validate=validate.Range(0, 1000))
+    offset = QueryInteger(load_default=0, validate=validate.Range(min=0))
 
 
 class OneOrMany:
@@ -277,14 +171,15 @@ class InstanceSchema(Representation):
     id = fields.UUID(dump_only=True)
     site_id = fields.UUID()
     user_id = fields.UUID()
-    name = fields.String(validate=[validate.Length(1, 255), not_blank])
+    name = Text(validate=[validate.Length(1, 255), not_blank])
     instance_type = Enum(INSTANCE_TYPES)
     status = Enum(INSTANCE_STATUSES)
     agent_id = fields.UUID(allow_none=True)
     configuration = JSONObject()
     environment_variables = JSONObject(
         keys=fields.String(validate=Pattern(ENV_KEY, error="Variable names must match {regex}.")),
-        values=fields.String())
+        values=Text())
+    labels = Labels()
     created_at = Moment(dump_only=True)
     updated_at = Moment(dump_only=True)
 
@@ -296,6 +191,7 @@ class InstanceSchema(Representation):
         "agent_id": "0f8fad5b-d9cb-469f-a165-70867728950e",
         "configuration": {"cpu": 2, "memory_gb": 4},
         "environment_variables": {"DISPLAY": ":0"},
+        "labels": {"env": "prod", "team": "web"},
         "created_at": "2026-11-28T23:29:04.214389+00:00",
         "updated_at": "2026-11-28T23:29:13.684695+00:00",
     }
@@ -309,25 +205,85 @@ class InstanceCreateSchema(InstanceUpdateSchema):
     REQUIRED = ("site_id", "user_id", "name")
     DEFAULTS = {
         "instance_type": "browser", "status": "pending", "agent_id": None,
-        "configuration": dict, "environment_variables": dict,
+        "configuration": dict, "environment_variables": dict, "labels": dict,
     }
     EXAMPLE = {
         "site_id": "5b0c6b52-3c6b-4a55-8f6e-0d7c3a1e9a01",
         "user_id": "9d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6",
         "name": "ubuntu-dev-1", "instance_type": "ubuntu",
         "configuration": {"cpu": 2, "memory_gb": 4},
-        "environment_variables": {"DISPLAY": ":0"},
+        "environment_variables": {"DISPLAY": ":0"}, "labels": {"env": "prod"},
     }
 
 
-class InstanceQuerySchema(ListQuerySchema):
+class InstanceFilterSchema(Schema):
+    """The filters of the instance list, which its counts take too."""
     site_id = fields.UUID()
     user_id = fields.UUID()
     agent_id = fields.UUID()
     status = EnumList(INSTANCE_STATUSES)
     instance_type = EnumList(INSTANCE_TYPES)
-    q = fields.String(validate=validate.Length(1, 255))
+    q = Text(validate=validate.Length(1, 255), metadata={
+        "description": "A part of the name, in any letter case; `%` and `_` are plain "
+                       "characters. Three characters or more are looked up in an index; "
+                       "one or two read the instances in order."})
+    label = LabelSelectors()
+
+
+class InstanceQuerySchema(ListQuerySchema, InstanceFilterSchema):
     sort = Sort(("created_at", "updated_at", "name", "status"))
+
+
+# What counts group by (CONTRACT 3.2): closed sets list every member, open
+# fields the values present; `label:KEY` the values of one label.
+COUNTED = {"status": INSTANCE_STATUSES, "instance_type": INSTANCE_TYPES,
+           "site_id": None, "user_id": None, "agent_id": None}
+MAX_COUNTED = 16
+
+
+class CountedFields(fields.String):
+    """`by=status,label:env`: loads as a tuple of distinct names, each one of
+    COUNTED or `label:` and a label key."""
+
+    def __init__(self, **kwargs):
+        name = f"({'|'.join(COUNTED)}|label:{KEY[1:-1]})"
+        description = (f"What to count by, a comma list of up to {MAX_COUNTED}: "
+                       f"{', '.join(COUNTED)}, or label:KEY for the values of a label.")
+        super().__init__(metadata={
+            "pattern": f"^{name}(,{name}){{0,{MAX_COUNTED - 1}}}$", "description": description},
+            **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        names = super()._deserialize(value, attr, data, **kwargs).split(",")
+        if len(names) > MAX_COUNTED:
+            raise ValidationError(f"Count by at most {MAX_COUNTED} fields at once.")
+        bad = [name for name in names if name not in COUNTED
+               and not (name.startswith("label:") and is_key(name[len("label:"):]))]
+        if bad:
+            raise ValidationError(
+                f"Cannot count by {', '.join(map(repr, bad))}; use {', '.join(COUNTED)} or "
+                "label:KEY (a label key).")
+        return tuple(dict.fromkeys(names))
+
+
+class InstanceCountsQuerySchema(InstanceFilterSchema):
+    by = CountedFields()
+
+
+class CountsSchema(Schema):
+    total = fields.Integer(metadata={"description": "How many instances match the filters."})
+    by = fields.Dict(
+        keys=fields.String(),
+        values=fields.Dict(keys=fields.String(), values=fields.Integer()),
+        metadata={"description": "For each field of `by`, instances per value: a closed "
+                                 "set's every member in its order, zeros included; an open "
+                                 "field's values present, most frequent first (ties by "
+                                 "value), at most 100, without instances that have none."})
+
+    EXAMPLE = {"total": 123, "by": {
+        "status": {"pending": 3, "starting": 0, "running": 80, "paused": 0, "stopping": 0,
+                   "stopped": 30, "terminated": 8, "error": 2},
+        "label:env": {"prod": 70, "staging": 41}}}
 
 
 # -- logs --------------------------------------------------------------------
@@ -337,7 +293,7 @@ class LogSchema(Representation):
     instance_id = fields.UUID(dump_only=True)
     log_type = Slug()
     level = Enum(LOG_LEVELS)
-    message = fields.String(validate=validate.Length(1, 65536))
+    message = Text(validate=validate.Length(1, 65536))
     details = JSONObject()
     created_at = Moment(dump_only=True)
 
@@ -385,12 +341,12 @@ class LogQuerySchema(ListQuerySchema):
 class PlanSchema(Representation):
     id = fields.UUID(dump_only=True)
     instance_id = fields.UUID(dump_only=True)
-    title = fields.String(validate=[validate.Length(1, 500), not_blank])
-    description = fields.String(allow_none=True)
+    title = Text(validate=[validate.Length(1, 500), not_blank])
+    description = Text(allow_none=True)
     plan_type = Slug()
     status = Enum(PLAN_STATUSES)
-    priority = fields.Integer(strict=True, validate=INT32)
-    instructions = fields.String(allow_none=True)
+    priority = WholeNumber(validate=INT32)
+    instructions = Text(allow_none=True)
     parent_id = fields.UUID(allow_none=True)
     started_at = Moment(dump_only=True, allow_none=True)
     completed_at = Moment(dump_only=True, allow_none=True)

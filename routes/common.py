@@ -1,37 +1,21 @@
 """What the three resources share: the strict request parser and Blueprint,
-row lookups, preconditions, and list handling (filters, order, pages)."""
+row lookups and preconditions. Lists are routes/lists.py."""
 import json
 import re
-from urllib.parse import urlencode
 
 import orjson
 from flask import current_app, request
 from flask.globals import request_ctx
 from flask_smorest import Blueprint as _Blueprint, abort
 from marshmallow import RAISE
-from peewee import SQL, fn
 from webargs.core import is_json
 from webargs.flaskparser import FlaskParser
 from werkzeug.http import generate_etag
 
-from models import LOG_LEVELS, Instance
-from storage.engines import contains_folded, fold, for_write
-from storage.reads import Slot, counted_representations, representations, run
+from models import Instance
+from storage.engines import for_write
+from storage.reads import Slot, representations, run
 from routes.idempotency import idempotent
-
-PAGING = ("limit", "offset", "sort", "after")
-MAX_OFFSET = 2**63 - 1
-
-# Filters that are not "column equals value" (a list means "column in
-# list"): the condition, given the Slot (or list of Slots) of the value, and
-# what the query value becomes before it is bound.
-FILTERS = {
-    "q": (lambda model, text: contains_folded(model.name, text), fold),
-    "min_level": (lambda model, levels: model.level.in_(levels),
-                  lambda level: list(LOG_LEVELS[LOG_LEVELS.index(level):])),
-    "since": (lambda model, moment: model.created_at >= moment, None),
-    "until": (lambda model, moment: model.created_at < moment, None),
-}
 
 
 class StrictParser(FlaskParser):
@@ -287,153 +271,3 @@ def check_if_match(row, schema):
     if request.if_match and not request.if_match.contains(etag_of(row, schema)):
         abort(412, message=f"The {noun(type(row))} changed since the ETag in If-Match was "
                            "read; GET it again and reapply the change.")
-
-
-# -- lists -------------------------------------------------------------------
-
-def list_response(model, args, instance_id=None, kept_count=None):
-    """One page of `model`'s rows: those of the instance `instance_id` (a
-    nested list; 404 when there is no such instance) that pass every
-    non-paging argument (named after its column, or in FILTERS), with
-    X-Total-Count and Link.
-
-    The order is `sort` with newest first as the tie-break, or oldest first
-    after the `after` cursor. `kept_count`, a column of the instance that
-    keeps the number of its rows, is the total of an unfiltered list instead
-    of counting. Each query is a compiled shape (storage.reads.run): the shape is
-    which filters are given and with how many values, the sort, and whether
-    there is a cursor. The count (which for a nested list also tells whether
-    the instance exists) and the page are one statement where the engine
-    allows (storage.reads.counted_representations).
-    """
-    scope = {} if instance_id is None else {"instance": instance_id}
-    values, filters = dict(scope), []
-    for name, value in args.items():
-        if name in PAGING:
-            continue
-        bind = FILTERS[name][1] if name in FILTERS else None
-        value = bind(value) if bind else value
-        if isinstance(value, list):
-            values.update(((name, index), item) for index, item in enumerate(value))
-            filters.append((name, len(value)))
-        else:
-            values[name] = value
-            filters.append((name, None))
-    shape = (model, *scope, *filters)
-
-    def where(query):
-        conditions = [*matching(model, scope), *(
-            condition(model, name, Slot(name) if count is None
-                      else [Slot((name, index)) for index in range(count)])
-            for name, count in filters)]
-        return query.where(*conditions) if conditions else query
-
-    def count():
-        counted = where(model.select(fn.COUNT(SQL("*"))))
-        if instance_id is None:
-            return counted
-        # One row, or none (a NULL total) when there is no such instance.
-        return Instance.select(counted if filters or kept_count is None else kept_count).where(
-            Instance.id == Slot("instance"))
-
-    # The cursor is a position, like offset: the total ignores it, so a page
-    # costs the same at any depth, and a tailer sees how long the log is.
-    after = "after" in args
-    if after:
-        values["after"] = args["after"]
-    sort = tuple(args.get("sort", ()))
-    limit, offset = args["limit"], args["offset"]
-    # 1.6: an offset past the end is an empty page, however large; both
-    # engines refuse one beyond 64 bits, and no list is that long.
-    values["limit"], values["offset"] = limit, min(offset, MAX_OFFSET)
-
-    def page():
-        query = where(model.select())
-        if after:
-            query = query.where(after_cursor(model, scope)).order_by(model.created_at, model.id)
-        else:
-            query = query.order_by(*ordering(model, sort))
-            if not scope and not filters:
-                query = query.from_(model.read_in_order_of(sort))
-        return query.limit(Slot("limit")).offset(Slot("offset"))
-
-    total, rows = counted_representations(model, ("page", *shape, sort, after), page, values,
-                                          count)
-    if total is None:
-        not_found(Instance, instance_id)
-    if after and not rows and not in_list(model, scope, values):
-        # An empty page after a cursor: the end of the list, or no such row.
-        invalid("query", "after", f"No {noun(model)} with id {args['after']} in this list.")
-    headers = {"X-Total-Count": str(total)}
-    link = cursor_link(rows) if after else page_links(total, limit, offset)
-    if link:
-        headers["Link"] = link
-    return rows, headers
-
-
-def condition(model, name, value):
-    if name in FILTERS:
-        return FILTERS[name][0](model, value)
-    column = getattr(model, name)
-    return column.in_(value) if isinstance(value, list) else column == value
-
-
-def ordering(model, sort):
-    """ORDER BY for `sort` pairs, made total: created_at (newest first unless
-    sorted on) and then id break ties, so pages never repeat or skip a row."""
-    keys = [model.sort_key(name).desc() if descending else model.sort_key(name).asc()
-            for name, descending in sort]
-    newest_first = dict(sort).get("created_at", True)
-    if "created_at" not in dict(sort):
-        keys.append(model.created_at.desc())
-    keys.append(model.id.desc() if newest_first else model.id.asc())
-    return keys
-
-
-def in_list(model, scope, values):
-    """Whether the `after` id names a row of this list."""
-    return run(("cursor", model, *scope), lambda: model.select(SQL("1")).where(
-        *matching(model, scope), model.id == Slot("after")), values).fetchone() is not None
-
-
-def after_cursor(model, scope):
-    """Rows created after the row the cursor marks (the `after` id, in
-    `scope`), as an index range from that row onwards: no offset to skip
-    over, however deep. The marked row's created_at is a subquery of the
-    page's own statement, read once, not a lookup of its own."""
-    created_at = model.created_at
-    mark_at = model.select(model.created_at).where(
-        *matching(model, scope), model.id == Slot("after"))
-    return (created_at >= mark_at) & ((created_at > mark_at) | (model.id > Slot("after")))
-
-
-def cursor_link(rows):
-    """The next page after a cursor page starts after its last row."""
-    if rows:
-        return f'<{page_url(request.base_url, after=rows[-1]["id"], offset=None)}>; rel="next"'
-    return None
-
-
-def page_links(total, limit, offset):
-    """RFC 8288 next/prev links that keep every other query parameter.
-
-    With limit=0 there is no next page to walk to, so no links are given.
-    """
-    if limit == 0:
-        return None
-    links = []
-    if offset + limit < total:
-        links.append((offset + limit, "next"))
-    if offset > 0:
-        links.append((max(0, min(offset, total) - limit), "prev"))
-    base = request.base_url   # worked out anew on each use
-    return ", ".join(f'<{page_url(base, offset=page_offset)}>; rel="{rel}"'
-                     for page_offset, rel in links)
-
-
-def page_url(base, **changes):
-    """This request's URL (`base`, without the query) with the parameters in
-    `changes` replaced (None drops one)."""
-    params = [(k, v) for k, v in request.args.items(multi=True) if k not in changes]
-    params.extend((k, v) for k, v in changes.items() if v is not None)
-    return f"{base}?{urlencode(params)}"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from apispec import BasePlugin
 from flask import Blueprint, send_from_directory
+from marshmallow import fields
 
 # Located without importing the package, which would load handlers for a
 # dozen web frameworks; only its static files are used.
@@ -175,6 +176,18 @@ def document(operation, method, has_ids, guarded):
     for code in sorted(errors):
         responses[str(code)] = ERRORS[code][0]
     operation["responses"] = dict(sorted(responses.items()))
+
+
+def property_names(converter, field, **kwargs):
+    """An apispec attribute function: JSON Schema's `propertyNames` for an
+    object whose keys have rules of their own (environment variable names,
+    label keys), which apispec leaves out."""
+    if isinstance(field, fields.Dict) and field.key_field is not None:
+        names = converter.field2property(field.key_field)
+        names.pop("type", None)
+        if names:
+            return {"propertyNames": names}
+    return {}
 
 
 def one_or_many(component, most):

@@ -1,10 +1,15 @@
-"""/api/instances: the machine records."""
+"""/api/instances: the machine records, and their counts."""
 from flask.views import MethodView
 
 from models import Instance
 from storage.writes import write
-from routes.common import Blueprint, created, get_for_write, get_or_404, list_response
-from schemas import InstanceCreateSchema, InstanceQuerySchema, InstanceSchema, InstanceUpdateSchema
+from routes.common import Blueprint, created, get_for_write, get_or_404
+from routes.counts import count_response
+from routes.lists import list_response
+from schemas import (
+    CountsSchema, InstanceCountsQuerySchema, InstanceCreateSchema, InstanceQuerySchema,
+    InstanceSchema, InstanceUpdateSchema,
+)
 
 blp = Blueprint("instances", __name__, url_prefix="/api/instances",
                 description="Remote machine instances driven by agents.")
@@ -24,6 +29,17 @@ class Instances(MethodView):
         """Create an instance."""
         [instance] = Instance.add([data])
         return created(instance, "instances.InstanceById", instance_id=instance["id"])
+
+
+# Not an instance id: the rule below takes only UUIDs, so /counts is this
+# view's whatever the order, and /api/instances/{anything else} stays a 404.
+@blp.route("/counts")
+class InstanceCounts(MethodView):
+    @blp.arguments(InstanceCountsQuerySchema, location="query")
+    @blp.response(200, CountsSchema)
+    def get(self, args):
+        """Count the instances that pass the list's filters, in total and by field."""
+        return count_response(args)
 
 
 @blp.route("/<uuid:instance_id>")

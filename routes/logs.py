@@ -2,7 +2,8 @@
 from flask.views import MethodView
 
 from models import Instance, InstanceLog
-from routes.common import Blueprint, created, get_or_404, list_response, not_found
+from routes.common import Blueprint, created, get_or_404, not_found
+from routes.lists import list_response
 from routes.docs import one_or_many
 from schemas import BATCH_MAX, LogBatchSchema, LogOneOrManySchema, LogQuerySchema, LogSchema
 

@@ -5,9 +5,9 @@ from models import InstancePlan
 from storage.engines import for_write
 from storage.writes import write
 from routes.common import (
-    Blueprint, created, get_for_write, get_or_404, invalid, list_response,
-    require_instance,
+    Blueprint, created, get_for_write, get_or_404, invalid, require_instance,
 )
+from routes.lists import list_response
 from schemas import PlanCreateSchema, PlanQuerySchema, PlanSchema, PlanUpdateSchema
 
 blp = Blueprint("plans", __name__, url_prefix="/api/instances/<uuid:instance_id>/plans",

@@ -8,6 +8,7 @@ looking at the engine itself. Not here: the column types (fields), the
 write path (writes) and the read path (reads).
 """
 import threading
+from contextlib import contextmanager
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
@@ -193,6 +194,39 @@ def for_write(query):
     engine has row locks (PostgreSQL). SQLite's IMMEDIATE transaction already
     holds the whole file."""
     return query.for_update() if db.for_update else query
+
+
+# How long a server starting beside another waits for it to create or
+# migrate the tables (a migration of a large file takes minutes).
+SCHEMA_WAIT = 600.0
+
+
+@contextmanager
+def schema_lock():
+    """The transaction that creates or migrates the tables, one server at a
+    time, across processes and hosts. SQLite: BEGIN IMMEDIATE (every
+    transaction here begins so), waiting up to SCHEMA_WAIT for the write
+    lock. PostgreSQL: an advisory lock held until the transaction ends
+    (commit, rollback or a lost connection); without it, two servers
+    starting together on a new database both create the tables, and one
+    fails on pg_type's unique index."""
+    if is_sqlite():
+        waited = db.execute_sql("PRAGMA busy_timeout").fetchone()[0]
+        db.execute_sql(f"PRAGMA busy_timeout = {int(SCHEMA_WAIT * 1000)}")
+        try:
+            with db.atomic():
+                yield
+        finally:
+            db.execute_sql(f"PRAGMA busy_timeout = {waited}")
+        return
+    with db.atomic():
+        db.execute_sql(f"SET LOCAL lock_timeout = {int(SCHEMA_WAIT * 1000)}")
+        # The two-key form: a lock space of its own, apart from lock_key's.
+        db.execute_sql("SELECT pg_advisory_xact_lock(%s, %s)", SCHEMA_LOCK)
+        yield
+
+
+SCHEMA_LOCK = (0x1157A, 0x5C4E)   # "instance api", "schema"
 
 
 def lock_key(text):

@@ -22,7 +22,7 @@ SQL = "'; DROP TABLE instance; --"
 RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|\+00:00)$")
 LINK = re.compile(r'<([^>]*)>\s*;\s*rel="([^"]+)"')
 WRITABLE = ("site_id", "user_id", "name", "instance_type", "status", "agent_id",
-            "configuration", "environment_variables")
+            "configuration", "environment_variables", "labels")
 
 
 def body(**changes):
@@ -123,7 +123,7 @@ def test_create_fills_in_the_defaults(client):
 def test_create_stores_every_field_sent(client):
     sent = body(instance_type="windows", status="running", agent_id=AGENT,
                 configuration={"resolution": "1920x1080"},
-                environment_variables={"DISPLAY": ":0"})
+                environment_variables={"DISPLAY": ":0"}, labels={"env": "prod"})
     created = client.post(URL, json=sent).get_json()
     fetched = client.get(f"{URL}/{created['id']}").get_json()
     for field in WRITABLE:

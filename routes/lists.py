@@ -1,0 +1,266 @@
+"""Lists (CONTRACT 1.4, 2.1, 3.1): filters, order, pages, X-Total-Count and
+Link, for every list; and the filters' conditions, which the instance
+counts (routes/counts.py) share.
+
+Each query is a shape compiled once (storage.reads.run): which filters are
+given, in which form (how many values, which selectors), the sort, whether
+there is a cursor, and on SQLite which index the label or name filter is
+answered from (search.plan). The values are bound to it on each run.
+"""
+from typing import NamedTuple
+from urllib.parse import urlencode
+
+from flask import request
+from peewee import SQL, fn
+
+import search
+from models import LOG_LEVELS, Instance
+from storage.reads import Slot, counted_representations, run
+from routes.common import invalid, matching, not_found, noun
+
+PAGING = ("limit", "offset", "sort", "after")
+# Arguments that are not filters: paging, and what counts group by.
+NOT_FILTERS = frozenset((*PAGING, "by"))
+MAX_OFFSET = 2**63 - 1
+# Filters by an id, whose index leaves few rows (search.plan).
+NARROWING = frozenset(("site_id", "user_id", "agent_id", "parent_id"))
+
+
+def as_is(value):
+    """A Slot's conversion for values already in the form the SQL compares."""
+    return value
+
+
+class Filter(NamedTuple):
+    """A filter that is not "column equals value" (a list: "column in list").
+    `bind(value)` gives (form, values): the shape's part and the values to
+    bind, by key; `condition(model, form, slots, drive)` the condition, given
+    the Slots by the same keys and whether this filter drives the query."""
+    bind: object
+    condition: object
+    raw: bool = False   # bound as they are, not converted as the column's values
+
+
+def bind_column(value):
+    if isinstance(value, list):
+        return len(value), dict(enumerate(value))
+    return None, {None: value}
+
+
+def column_condition(column, form, slots):
+    return column == slots[None] if form is None else column.in_(list(slots.values()))
+
+
+def bind_min_level(level):
+    return bind_column(list(LOG_LEVELS[LOG_LEVELS.index(level):]))
+
+
+def bind_search(text):
+    values = search.search_values(text)
+    return len(values), dict(enumerate(values))
+
+
+def bind_selectors(selectors):
+    values = {(index, position): value for index, selector in enumerate(selectors)
+              for position, value in enumerate(search.selector_values(selector))}
+    return tuple((selector.op, len(search.selector_values(selector)))
+                 for selector in selectors), values
+
+
+def selectors_condition(model, form, slots, drive):
+    return [search.selector_condition(
+        op, [slots[(index, position)] for position in range(width)], drive == index)
+        for index, (op, width) in enumerate(form)]
+
+
+FILTERS = {
+    "q": Filter(bind_search, lambda model, form, slots, drive: search.search_condition(
+        list(slots.values()), drive == "q"), raw=True),
+    "label": Filter(bind_selectors, selectors_condition, raw=True),
+    "min_level": Filter(bind_min_level, lambda model, form, slots, drive: column_condition(
+        model.level, form, slots)),
+    "since": Filter(bind_column, lambda model, form, slots, drive:
+                    model.created_at >= slots[None]),
+    "until": Filter(bind_column, lambda model, form, slots, drive:
+                    model.created_at < slots[None]),
+}
+
+
+class Filtering:
+    """The filters among a list's arguments (all but NOT_FILTERS), bound: `shape`
+    (hashable, for the compiled query), `values` (by Slot name), and the
+    `conditions` a query adds to its WHERE. `scope` (column: value) are
+    conditions of their own, a nested list's instance."""
+
+    def __init__(self, model, args, scope=None):
+        self.model, self.scope = model, dict(scope or {})
+        self.values, self.forms = dict(self.scope), []
+        for name, value in args.items():
+            if name in NOT_FILTERS:
+                continue
+            form, values = (FILTERS[name].bind if name in FILTERS else bind_column)(value)
+            self.values.update(((name, key) if key is not None else name, item)
+                               for key, item in values.items())
+            self.forms.append((name, form, tuple(values)))
+        self.shape = (model, *self.scope, *((name, form) for name, form, _ in self.forms))
+
+    def conditions(self, drive=None):
+        """The WHERE conditions; `drive` names the filter that lists the rows
+        (search.plan), if one does."""
+        found = matching(self.model, self.scope)
+        for name, form, keys in self.forms:
+            kind = FILTERS.get(name)
+            convert = as_is if kind and kind.raw else None
+            slots = {key: Slot((name, key) if key is not None else name, convert)
+                     for key in keys}
+            if kind is None:
+                found.append(column_condition(getattr(self.model, name), form, slots))
+                continue
+            made = kind.condition(self.model, form, slots, drive)
+            found.extend(made if isinstance(made, list) else [made])
+        return found
+
+    def where(self, query, drive=None):
+        conditions = self.conditions(drive)
+        return query.where(*conditions) if conditions else query
+
+    def plan(self, args, wanted):
+        """Which filter lists the rows of a page of `wanted` rows and of its
+        count (search.plan: SQLite, label and name filters only)."""
+        if "label" not in args and "q" not in args:
+            return search.Plan()
+        names = [name for name, _, _ in self.forms]
+        q = [self.values[("q", key)] for key in range(2) if ("q", key) in self.values]
+        return search.plan(args.get("label", ()), q if "q" in args else None, wanted,
+                           only_labels=names == ["label"] and not self.scope,
+                           narrowed=bool(self.scope) or not NARROWING.isdisjoint(names))
+
+    def counted(self, plan):
+        """The query of the number of matching rows, for `plan`."""
+        if plan.alone:
+            [(_, form, keys)] = self.forms
+            op, width = form[0]
+            return search.counted_alone(op, [Slot(("label", (0, position)), as_is)
+                                             for position in range(width)])
+        return self.where(self.model.select(fn.COUNT(SQL("*"))), plan.count)
+
+
+def list_response(model, args, instance_id=None, kept_count=None):
+    """One page of `model`'s rows: those of the instance `instance_id` (a
+    nested list; 404 when there is no such instance) that pass every
+    non-paging argument (named after its column, or in FILTERS), with
+    X-Total-Count and Link.
+
+    The order is `sort` with newest first as the tie-break, or oldest first
+    after the `after` cursor. `kept_count`, a column of the instance that
+    keeps the number of its rows, is the total of an unfiltered list instead
+    of counting. The count (which for a nested list also tells whether the
+    instance exists) and the page are one statement where the engine allows
+    (storage.reads.counted_representations).
+    """
+    scope = {} if instance_id is None else {"instance": instance_id}
+    filtering = Filtering(model, args, scope)
+    values = filtering.values
+    # The cursor is a position, like offset: the total ignores it, so a page
+    # costs the same at any depth, and a tailer sees how long the log is.
+    after = "after" in args
+    if after:
+        values["after"] = args["after"]
+    sort = tuple(args.get("sort", ()))
+    limit, offset = args["limit"], args["offset"]
+    # 1.6: an offset past the end is an empty page, however large; both
+    # engines refuse one beyond 64 bits, and no list is that long.
+    values["limit"], values["offset"] = limit, min(offset, MAX_OFFSET)
+    plan = filtering.plan(args, limit + min(offset, MAX_OFFSET))
+
+    def count():
+        counted = filtering.counted(plan)
+        if instance_id is None:
+            return counted
+        # One row, or none (a NULL total) when there is no such instance.
+        return Instance.select(counted if filtering.forms or kept_count is None
+                               else kept_count).where(Instance.id == Slot("instance"))
+
+    def page():
+        query = filtering.where(model.select(), plan.page)
+        if after:
+            query = query.where(after_cursor(model, scope)).order_by(model.created_at, model.id)
+        else:
+            query = query.order_by(*ordering(model, sort))
+            if not scope and not filtering.forms:
+                query = query.from_(model.read_in_order_of(sort))
+        return query.limit(Slot("limit")).offset(Slot("offset"))
+
+    total, rows = counted_representations(
+        model, ("page", *filtering.shape, sort, after, plan), page, values, count)
+    if total is None:
+        not_found(Instance, instance_id)
+    if after and not rows and not in_list(model, scope, values):
+        # An empty page after a cursor: the end of the list, or no such row.
+        invalid("query", "after", f"No {noun(model)} with id {args['after']} in this list.")
+    headers = {"X-Total-Count": str(total)}
+    link = cursor_link(rows) if after else page_links(total, limit, offset)
+    if link:
+        headers["Link"] = link
+    return rows, headers
+
+
+def ordering(model, sort):
+    """ORDER BY for `sort` pairs, made total: created_at (newest first unless
+    sorted on) and then id break ties, so pages never repeat or skip a row."""
+    keys = [model.sort_key(name).desc() if descending else model.sort_key(name).asc()
+            for name, descending in sort]
+    newest_first = dict(sort).get("created_at", True)
+    if "created_at" not in dict(sort):
+        keys.append(model.created_at.desc())
+    keys.append(model.id.desc() if newest_first else model.id.asc())
+    return keys
+
+
+def in_list(model, scope, values):
+    """Whether the `after` id names a row of this list."""
+    return run(("cursor", model, *scope), lambda: model.select(SQL("1")).where(
+        *matching(model, scope), model.id == Slot("after")), values).fetchone() is not None
+
+
+def after_cursor(model, scope):
+    """Rows created after the row the cursor marks (the `after` id, in
+    `scope`), as an index range from that row onwards: no offset to skip
+    over, however deep. The marked row's created_at is a subquery of the
+    page's own statement, read once, not a lookup of its own."""
+    created_at = model.created_at
+    mark_at = model.select(model.created_at).where(
+        *matching(model, scope), model.id == Slot("after"))
+    return (created_at >= mark_at) & ((created_at > mark_at) | (model.id > Slot("after")))
+
+
+def cursor_link(rows):
+    """The next page after a cursor page starts after its last row."""
+    if rows:
+        return f'<{page_url(request.base_url, after=rows[-1]["id"], offset=None)}>; rel="next"'
+    return None
+
+
+def page_links(total, limit, offset):
+    """RFC 8288 next/prev links that keep every other query parameter.
+
+    With limit=0 there is no next page to walk to, so no links are given.
+    """
+    if limit == 0:
+        return None
+    links = []
+    if offset + limit < total:
+        links.append((offset + limit, "next"))
+    if offset > 0:
+        links.append((max(0, min(offset, total) - limit), "prev"))
+    base = request.base_url   # worked out anew on each use
+    return ", ".join(f'<{page_url(base, offset=page_offset)}>; rel="{rel}"'
+                     for page_offset, rel in links)
+
+
+def page_url(base, **changes):
+    """This request's URL (`base`, without the query) with the parameters in
+    `changes` replaced (None drops one)."""
+    params = [(k, v) for k, v in request.args.items(multi=True) if k not in changes]
+    params.extend((k, v) for k, v in changes.items() if v is not None)
+    return f"{base}?{urlencode(params)}"

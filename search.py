@@ -1,0 +1,411 @@
+"""Finding instances by label (CONTRACT 3.1) and by a part of their name
+(`q`, 2.1) through indexes of their own, on either engine, and counting
+them by label (3.2).
+
+SQLite keeps, in the transaction of every write to `instance` (triggers, so
+whatever writes the row keeps them: the API, group commit, a bulk seed):
+- `instance_label` (key, value, instance_id), one row per label: its key
+  (key, instance_id) answers `key`, `!key` and `key!=value` for one instance,
+  its index (key, value, instance_id) lists the instances of a `key=value`;
+- `instance_label_count` and `instance_label_key_count`: how many instances
+  have each label and each key, kept by triggers on `instance_label`, so a
+  filter of one selector counts its rows in one lookup, and the plan below
+  knows how selective each selector is;
+- `instance_search`, an FTS5 trigram index of each name folded as `q` folds
+  it (Python's casefold, the `casefold` function each connection registers),
+  keyed by the instance's rowid. A search of 3 or more characters reads it;
+  shorter ones have no trigram to look up and read the rows.
+
+PostgreSQL keeps `labels` as jsonb with a GIN index (`labels @> '{"k":"v"}'`,
+`labels ? 'k'`), and a pg_trgm GIN index on lower(name) that a LIKE of the
+search text reads; its planner weighs them against the other indexes itself.
+Without the pg_trgm extension (CREATE EXTENSION refused), `q` reads the rows.
+
+Whichever index finds the rows, the exact test (engines.contains_folded) is
+kept as the final filter: a search answers exactly what it did before.
+
+Not here: the grammar of selectors (labels.py), where the conditions go in a
+list (routes/lists.py), the instance table (models.py).
+"""
+import logging
+import math
+from typing import NamedTuple
+
+import orjson
+from peewee import (
+    JOIN, SQL, Cast, Column, CompositeKey, Expression, IntegerField, Model, NodeList,
+    TextField, fn,
+)
+
+from labels import DIFFERS, EQUALS, POSITIVE
+from models import Instance
+from storage import db
+from storage.engines import contains_folded, fold, is_sqlite
+
+log = logging.getLogger("instance_api")
+
+# Trigrams need 3 characters: a shorter search reads the rows.
+TRIGRAM = 3
+
+
+class InstanceLabel(Model):
+    """SQLite: one row per label of an instance (kept by triggers)."""
+    key = TextField()
+    value = TextField()
+    instance_id = TextField()
+
+    class Meta:
+        database = db
+        table_name = "instance_label"
+        primary_key = CompositeKey("key", "instance_id")
+
+
+class InstanceSearch(Model):
+    """SQLite: the trigram index of the folded names, by the instance's rowid."""
+    rowid = IntegerField(primary_key=True)
+    name = TextField()
+
+    class Meta:
+        database = db
+        table_name = "instance_search"
+
+
+class InstanceLabelCount(Model):
+    """SQLite: how many instances have each label (kept by triggers)."""
+    key = TextField()
+    value = TextField()
+    instances = IntegerField()
+
+    class Meta:
+        database = db
+        table_name = "instance_label_count"
+        primary_key = CompositeKey("key", "value")
+
+
+class InstanceLabelKeyCount(Model):
+    """SQLite: how many instances have each label key (kept by triggers)."""
+    key = TextField(primary_key=True)
+    instances = IntegerField()
+
+    class Meta:
+        database = db
+        table_name = "instance_label_key_count"
+
+
+SQLITE = (
+    """
+    CREATE TABLE IF NOT EXISTS instance_label (
+        key TEXT NOT NULL, value TEXT NOT NULL, instance_id TEXT NOT NULL,
+        PRIMARY KEY (key, instance_id)) WITHOUT ROWID""",
+    """
+    CREATE UNIQUE INDEX IF NOT EXISTS instance_label_value
+        ON instance_label (key, value, instance_id)""",
+    """
+    CREATE TABLE IF NOT EXISTS instance_label_count (
+        key TEXT NOT NULL, value TEXT NOT NULL, instances INTEGER NOT NULL,
+        PRIMARY KEY (key, value)) WITHOUT ROWID""",
+    """
+    CREATE TABLE IF NOT EXISTS instance_label_key_count (
+        key TEXT NOT NULL PRIMARY KEY, instances INTEGER NOT NULL) WITHOUT ROWID""",
+    # json_each('{}') has no rows: an instance without labels costs a parse.
+    """
+    CREATE TRIGGER IF NOT EXISTS instance_labels_added AFTER INSERT ON instance
+    BEGIN
+        INSERT INTO instance_label (key, value, instance_id)
+        SELECT key, value, new.id FROM json_each(new.labels);
+    END""",
+    """
+    CREATE TRIGGER IF NOT EXISTS instance_labels_changed AFTER UPDATE OF labels ON instance
+    WHEN old.labels IS NOT new.labels
+    BEGIN
+        DELETE FROM instance_label
+        WHERE instance_id = old.id AND key IN (SELECT key FROM json_each(old.labels));
+        INSERT INTO instance_label (key, value, instance_id)
+        SELECT key, value, new.id FROM json_each(new.labels);
+    END""",
+    """
+    CREATE TRIGGER IF NOT EXISTS instance_labels_removed AFTER DELETE ON instance
+    BEGIN
+        DELETE FROM instance_label
+        WHERE instance_id = old.id AND key IN (SELECT key FROM json_each(old.labels));
+    END""",
+    """
+    CREATE TRIGGER IF NOT EXISTS instance_label_counted AFTER INSERT ON instance_label
+    BEGIN
+        INSERT INTO instance_label_count (key, value, instances) VALUES (new.key, new.value, 1)
+        ON CONFLICT (key, value) DO UPDATE SET instances = instances + 1;
+        INSERT INTO instance_label_key_count (key, instances) VALUES (new.key, 1)
+        ON CONFLICT (key) DO UPDATE SET instances = instances + 1;
+    END""",
+    """
+    CREATE TRIGGER IF NOT EXISTS instance_label_uncounted AFTER DELETE ON instance_label
+    BEGIN
+        UPDATE instance_label_count SET instances = instances - 1
+        WHERE key = old.key AND value = old.value;
+        DELETE FROM instance_label_count
+        WHERE key = old.key AND value = old.value AND instances = 0;
+        UPDATE instance_label_key_count SET instances = instances - 1 WHERE key = old.key;
+        DELETE FROM instance_label_key_count WHERE key = old.key AND instances = 0;
+    END""",
+    # The names, folded, by the rowid of their row: a rowid that VACUUM and
+    # VACUUM INTO (backups) keep for a table with indexes, which instance
+    # has (tests/test_search.py checks both). contentless_delete (SQLite
+    # 3.43) deletes an entry by rowid alone, whatever casefold gave when it
+    # was added.
+    """
+    CREATE VIRTUAL TABLE IF NOT EXISTS instance_search USING fts5(
+        name, content='', contentless_delete=1, tokenize='trigram case_sensitive 1')""",
+    """
+    CREATE TRIGGER IF NOT EXISTS instance_search_added AFTER INSERT ON instance
+    BEGIN
+        INSERT INTO instance_search (rowid, name) VALUES (new.rowid, casefold(new.name));
+    END""",
+    """
+    CREATE TRIGGER IF NOT EXISTS instance_search_renamed AFTER UPDATE OF name ON instance
+    WHEN old.name IS NOT new.name
+    BEGIN
+        DELETE FROM instance_search WHERE rowid = old.rowid;
+        INSERT INTO instance_search (rowid, name) VALUES (new.rowid, casefold(new.name));
+    END""",
+    """
+    CREATE TRIGGER IF NOT EXISTS instance_search_removed AFTER DELETE ON instance
+    BEGIN
+        DELETE FROM instance_search WHERE rowid = old.rowid;
+    END""",
+)
+
+POSTGRESQL = ["CREATE INDEX IF NOT EXISTS instance_labels ON instance USING gin (labels)"]
+
+
+def create_indexes():
+    """Create whatever is missing of the label and name indexes, in the
+    caller's transaction (migrations.create_tables)."""
+    for statement in SQLITE if is_sqlite() else POSTGRESQL:
+        db.execute_sql(statement)
+    if not is_sqlite():
+        create_trigram_index()
+
+
+def fill_indexes():
+    """Index the rows already there (a database migrated to version 7)."""
+    if is_sqlite():
+        db.execute_sql("DELETE FROM instance_search")
+        db.execute_sql("INSERT INTO instance_search (rowid, name) "
+                       "SELECT rowid, casefold(name) FROM instance")
+        db.execute_sql("DELETE FROM instance_label")
+        db.execute_sql("INSERT INTO instance_label (key, value, instance_id) "
+                       "SELECT each.key, each.value, instance.id "
+                       "FROM instance, json_each(instance.labels) AS each")
+
+
+def create_trigram_index():
+    """PostgreSQL: the pg_trgm index of lower(name), creating the extension
+    if need be. An extension is the database owner's to install: when
+    PostgreSQL refuses, the service starts all the same and `q` reads the
+    rows, with one line in the log (checked again at every start)."""
+    if has_trigram_index():
+        return
+    try:
+        with db.atomic():   # a savepoint: a refusal leaves the migration going
+            db.execute_sql(TRIGRAM_EXTENSION)
+    except Exception as exc:   # noqa: BLE001 -- whatever the reason, search without it
+        log.warning("PostgreSQL refused %r (%s): searching names with q reads every row "
+                    "until the pg_trgm extension is installed (then restart)",
+                    TRIGRAM_EXTENSION, str(exc).strip().splitlines()[0])
+        return
+    schema = db.execute_sql("SELECT extnamespace::regnamespace::text FROM pg_extension "
+                            "WHERE extname = 'pg_trgm'").fetchone()[0]
+    log.info("Building the trigram index of instance names (pg_trgm)")
+    db.execute_sql("CREATE INDEX IF NOT EXISTS instance_name_trigrams ON instance "
+                   f"USING gin (lower(name) {schema}.gin_trgm_ops)")
+
+
+TRIGRAM_EXTENSION = "CREATE EXTENSION IF NOT EXISTS pg_trgm"
+
+
+def has_trigram_index():
+    return db.execute_sql("SELECT to_regclass('instance_name_trigrams')").fetchone()[0] \
+        is not None
+
+
+# -- label selectors -------------------------------------------------------------
+
+def selector_values(selector):
+    """What a selector's condition binds: SQLite its key (and value); on
+    PostgreSQL the jsonb object a `key=value` contains, or the key."""
+    if selector.value is None:
+        return [selector.key]
+    if is_sqlite():
+        return [selector.key, selector.value]
+    return [orjson.dumps({selector.key: selector.value}).decode()]
+
+
+def selector_condition(op, slots, drive=False):
+    """The condition that an instance of the outer query (Instance) holds the
+    selector `op` bound to `slots` (selector_values). SQLite: a `drive`n
+    positive selector lists its instances from the label index (IN); any
+    other looks its row up for each instance the query reads (EXISTS)."""
+    if not is_sqlite():
+        column = Instance.labels
+        if op in (EQUALS, DIFFERS):
+            holds = Expression(column, "@>", Cast(slots[0], "jsonb"))
+        else:
+            holds = Expression(column, "?", slots[0])
+        return holds if op in POSITIVE else ~holds
+    matches = [InstanceLabel.key == slots[0]]
+    if op in (EQUALS, DIFFERS):
+        matches.append(InstanceLabel.value == slots[1])
+    if drive:
+        return Instance.id.in_(InstanceLabel.select(InstanceLabel.instance_id).where(*matches))
+    found = fn.EXISTS(InstanceLabel.select(SQL("1")).where(
+        *matches, InstanceLabel.instance_id == Instance.id))
+    return found if op in POSITIVE else ~found
+
+
+def counted_alone(op, slots):
+    """SQLite: the number of instances that hold one selector, from the
+    label counters: 0 when no instance has the label; for a negative one,
+    the instances less those that have it."""
+    if op in (EQUALS, DIFFERS):
+        counts = InstanceLabelCount
+        having = counts.select(fn.COALESCE(fn.SUM(counts.instances), 0)).where(
+            counts.key == slots[0], counts.value == slots[1])
+    else:
+        counts = InstanceLabelKeyCount
+        having = counts.select(fn.COALESCE(fn.SUM(counts.instances), 0)).where(
+            counts.key == slots[0])
+    if op in POSITIVE:
+        return having
+    return Instance.select(fn.COUNT(SQL("*")) - having)
+
+
+def label_counts(key, alone, where, most):
+    """The query of (value, instances) for label `key` (a Slot): the values
+    present, most frequent first, ties by value (code point order on both
+    engines), at most `most`. `where(query)` adds the list's filters; with
+    none (`alone`), SQLite reads the label's counters."""
+    if is_sqlite():
+        if alone:
+            counts = InstanceLabelCount
+            return (counts.select(counts.value, counts.instances).where(counts.key == key)
+                    .order_by(counts.instances.desc(), counts.value).limit(most))
+        # The filtered instances first (CROSS JOIN keeps SQLite to that
+        # order), each one's label by the key (key, instance_id): SQLite
+        # would rather read every instance with the key, and look each up.
+        counted = fn.COUNT(SQL("*"))
+        query = (Instance.select(InstanceLabel.value, counted)
+                 .join(InstanceLabel, JOIN.CROSS)
+                 .where(InstanceLabel.key == key, InstanceLabel.instance_id == Instance.id))
+        return (where(query).group_by(InstanceLabel.value)
+                .order_by(counted.desc(), InstanceLabel.value).limit(most))
+    # By position: the key is a parameter in each place it is written, and
+    # PostgreSQL would not take two parameters for the same expression.
+    value = NodeList((Expression(Instance.labels, "->>", key), SQL('COLLATE "C"')))
+    counted = fn.COUNT(SQL("*"))
+    query = Instance.select(value, counted).where(Expression(Instance.labels, "?", key))
+    return where(query).group_by(SQL("1")).order_by(SQL("2 DESC"), SQL("1")).limit(most)
+
+
+# -- q ----------------------------------------------------------------------------
+
+def search_values(text):
+    """What `q` binds: the folded text, and for 3 characters or more what
+    the trigram index is asked (an FTS5 phrase; a LIKE pattern)."""
+    folded = fold(text)
+    if len(folded) < TRIGRAM:
+        return [folded]
+    if is_sqlite():
+        return [folded, '"' + folded.replace('"', '""') + '"']
+    escaped = folded.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return [folded, f"%{escaped}%"]
+
+
+def search_condition(slots, drive=False):
+    """Names that contain the searched text (search_values, as `slots`). On
+    SQLite the trigram index lists them when `drive`n; else the rows read
+    are tested one by one, in the order of the page."""
+    exact = contains_folded(Instance.name, slots[0])
+    if len(slots) == 1:
+        return exact
+    if not is_sqlite():
+        return exact & Expression(fn.lower(Instance.name), "LIKE", slots[1])
+    if not drive:
+        return exact
+    found = InstanceSearch.select(InstanceSearch.rowid).where(
+        Expression(InstanceSearch.name, "MATCH", slots[1]))
+    return exact & Column(Instance, "rowid").in_(found)
+
+
+# -- planning (SQLite) ---------------------------------------------------------------
+
+# SQLite's planner, with no statistics, drives every label selector from
+# the label index, and any name search from the trigram index: right for a
+# selector or a text that few instances match, and ruinous for one that a
+# fifth of them do (20,000 lookups and a sort, for a page of 50). Reading
+# the page's index in order and testing each row is the better plan then:
+# it stops at the page's end. Which one is cheaper is decided here from
+# the counters: driving costs about 4 times as much per row matched as
+# testing a row read in order.
+DRIVE_COST = 4
+# The trigram index has no counter: its matches are counted up to this,
+# and a text that matches more reads the rows in order.
+SEARCH_PROBE = 1024
+# What a site_id, user_id or agent_id filter is taken to leave of the
+# table: one site's or user's instances, read from that filter's index and
+# tested, unless a selector has fewer.
+NARROWED = 1000
+
+
+class Plan(NamedTuple):
+    """Which filter drives a page and which its count (None: the page's
+    order, or the index of another filter, tests them row by row), and
+    whether the count comes from the label counters (one selector alone)."""
+    page: object = None
+    count: object = None
+    alone: bool = False
+
+
+def plan(selectors, search, wanted, only_labels, narrowed):
+    """SQLite: which of the positive `selectors` (by index) or the `search`
+    (search_values, as "q") drives a page of `wanted` rows (limit + offset)
+    and its count; `only_labels`: the selectors are the only filter;
+    `narrowed`: an id filter leaves few rows to test. One statement: the
+    counters of the selectors and the size of the table."""
+    candidates = [(index, selector) for index, selector in enumerate(selectors)
+                  if selector.op in POSITIVE]
+    searching = search is not None and len(search) > 1
+    alone = is_sqlite() and only_labels and len(selectors) == 1
+    if not is_sqlite() or not (candidates or searching):
+        return Plan(alone=alone)
+    parts, params = ["(SELECT max(rowid) FROM instance)"], []
+    for _, selector in candidates:
+        if selector.op == EQUALS:
+            parts.append("(SELECT instances FROM instance_label_count "
+                         "WHERE key = ? AND value = ?)")
+            params += [selector.key, selector.value]
+        else:
+            parts.append("(SELECT instances FROM instance_label_key_count WHERE key = ?)")
+            params.append(selector.key)
+    if searching:
+        parts.append('(SELECT count(*) FROM (SELECT 1 FROM "instance_search" '
+                     'WHERE "instance_search" MATCH ? LIMIT ?))')
+        params += [search[1], SEARCH_PROBE]
+    table, *sizes = db.execute_sql(f"SELECT {', '.join(parts)}", params).fetchone()
+    # max(rowid) counts the deleted rows too: an estimate, enough here.
+    table = min(table or 0, NARROWED) if narrowed else table or 0
+    matched = {index: size or 0 for (index, _), size in zip(candidates, sizes)}
+    if searching:
+        matched["q"] = sizes[-1] if sizes[-1] < SEARCH_PROBE else math.inf
+    driver, fewest = min(matched.items(), key=lambda item: item[1])
+    # A page: driving reads `fewest` rows and sorts them; reading in order
+    # and testing reads about `wanted` rows for each `fewest / table` of
+    # them that match.
+    page = driver if fewest * fewest * DRIVE_COST <= max(wanted, 1) * table else None
+    # A count reads every match either way: driven, `fewest` rows; in order,
+    # every row the other filters leave (at most the table). A name search
+    # that matches too many to count is still cheaper driven than reading
+    # every name.
+    count = driver if fewest * DRIVE_COST <= table else None
+    if count is None and searching and not narrowed:
+        count = "q"
+    return Plan(page, count, alone)
