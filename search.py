@@ -29,6 +29,8 @@ list (routes/lists.py), the instance table (models.py).
 """
 import logging
 import math
+import operator
+from functools import reduce
 from typing import NamedTuple
 
 import orjson
@@ -37,7 +39,7 @@ from peewee import (
     TextField, fn,
 )
 
-from labels import DIFFERS, EQUALS, POSITIVE
+from labels import DIFFERS, EQUALS, HAS, LACKS, POSITIVE
 from models import Instance
 from storage import db
 from storage.engines import contains_folded, fold, is_sqlite
@@ -277,6 +279,19 @@ def counted_alone(op, slots):
     if op in POSITIVE:
         return having
     return Instance.select(fn.COUNT(SQL("*")) - having)
+
+
+def counted_complement(ops, slots):
+    """The number of instances that hold none of the positive forms of the
+    negative selectors `ops` (each with its slots): all instances less those
+    that match any of them, so that both counts read indexes (the label or
+    GIN index for the match, the smallest index for all), where testing
+    every instance for the negation would read them all."""
+    positive = {DIFFERS: EQUALS, LACKS: HAS}
+    conditions = [selector_condition(positive[op], op_slots, drive=True)
+                  for op, op_slots in zip(ops, slots)]
+    matching = Instance.select(fn.COUNT(SQL("*"))).where(reduce(operator.or_, conditions))
+    return Instance.select(fn.COUNT(SQL("*")) - matching)
 
 
 def label_counts(key, alone, where, most):

@@ -137,11 +137,15 @@ class Filtering:
 
     def counted(self, plan):
         """The query of the number of matching rows, for `plan`."""
-        if plan.alone:
-            [(_, form, keys)] = self.forms
-            op, width = form[0]
-            return search.counted_alone(op, [Slot(("label", (0, position)), as_is)
-                                             for position in range(width)])
+        if self.forms and [name for name, _, _ in self.forms] == ["label"] \
+                and not self.scope:
+            [(_, form, _)] = self.forms
+            slots = [[Slot(("label", (index, position)), as_is) for position in range(width)]
+                     for index, (_, width) in enumerate(form)]
+            if plan.alone:
+                return search.counted_alone(form[0][0], slots[0])
+            if all(op not in search.POSITIVE for op, _ in form):
+                return search.counted_complement([op for op, _ in form], slots)
         return self.where(self.model.select(fn.COUNT(SQL("*"))), plan.count)
 
 

@@ -1,0 +1,176 @@
+"""Schema version 7 (labels, the label and search indexes) on a database of
+version 6 with rows in it, and servers that start together on a new or an
+older database: one creates or migrates, the others wait their turn, and all
+of them serve. On whichever engine the suite runs on."""
+import logging
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+import migrations
+import models
+import search
+from app import create_app
+from conftest import (
+    POSTGRES_URL, ROOT, SITE, USER, Server, call, close_connections, database_for,
+)
+
+BOX = {"site_id": SITE, "user_id": USER, "name": "box"}
+OLD = [("01a224b0-0000-7000-8000-000000000001", "web-frontend-01", "running"),
+       ("01a224b0-0000-7000-8000-000000000002", "Datenbank Straße", "stopped"),
+       ("01a224b0-0000-7000-8000-000000000003", "gpu-worker", "running")]
+STEP = "Migrating the database to schema version 7: labels, the label and search indexes"
+
+
+def other_id(row_id, kind):
+    """The id of a log (kind 1) or plan (kind 2) of the instance `row_id`."""
+    return row_id[:7] + kind + row_id[8:]
+
+
+def version_6(path):
+    """A database of schema version 6 holding OLD (each with a log and a
+    plan), on the suite's engine: on SQLite, the tables version 6 created
+    (tests/data/schema_v6.sql); on PostgreSQL, today's without what version 7
+    added (the column and its two indexes)."""
+    settings = database_for(path)
+    if not POSTGRES_URL:
+        with sqlite3.connect(path) as conn:
+            conn.executescript((ROOT / "tests" / "data" / "schema_v6.sql").read_text())
+            for n, (row_id, name, status) in enumerate(OLD):
+                moment = f"2026-11-28 10:00:0{n}.000000"
+                conn.execute("INSERT INTO instance (id, created_at, updated_at, site_id, "
+                             "user_id, name, instance_type, status, agent_id, configuration, "
+                             "environment_variables, log_count) VALUES (?, ?, ?, ?, ?, ?, "
+                             "'ubuntu', ?, NULL, '{}', '{}', 0)",
+                             (row_id, moment, moment, SITE, USER, name, status))
+                conn.execute("INSERT INTO instance_log VALUES (?, ?, ?, 'system', 'info', "
+                             "'old line', '{}')", (other_id(row_id, "1"), moment, row_id))
+                conn.execute("INSERT INTO instance_plan (id, created_at, updated_at, "
+                             "instance_id, title, plan_type, status, priority) VALUES "
+                             "(?, ?, ?, ?, 'old goal', 'objective', 'pending', 1)",
+                             (other_id(row_id, "2"), moment, moment, row_id))
+        conn.close()
+        return settings
+    close_connections()
+    create_app(settings)
+    with models.db.atomic():
+        for row_id, name, status in OLD:
+            models.db.execute_sql(
+                "INSERT INTO instance (id, created_at, updated_at, site_id, user_id, name, "
+                "instance_type, status, configuration, environment_variables) VALUES "
+                "(%s, now(), now(), %s, %s, %s, 'ubuntu', %s, '{}', '{}')",
+                (row_id, SITE, USER, name, status))
+            models.db.execute_sql(
+                "INSERT INTO instance_log (id, created_at, instance_id, log_type, level, "
+                "message, details) VALUES (%s, now(), %s, 'system', 'info', 'old line', '{}')",
+                (other_id(row_id, "1"), row_id))
+            models.db.execute_sql(
+                "INSERT INTO instance_plan (id, created_at, updated_at, instance_id, title, "
+                "plan_type, status, priority) VALUES (%s, now(), now(), %s, 'old goal', "
+                "'objective', 'pending', 1)", (other_id(row_id, "2"), row_id))
+        models.db.execute_sql("DROP INDEX instance_name_trigrams")
+        models.db.execute_sql("ALTER TABLE instance DROP COLUMN labels")   # and its index
+        models.SchemaVersion.update(version=6).execute()
+    close_connections()
+    return settings
+
+
+def names(client, query):
+    resp = client.get(f"/api/instances?{query}")
+    assert resp.status_code == 200, resp.get_json()
+    assert int(resp.headers["X-Total-Count"]) == len(resp.get_json())
+    return sorted(row["name"] for row in resp.get_json())
+
+
+def test_a_version_6_database_migrates_keeping_its_rows_and_indexing_them(tmp_path, caplog):
+    settings = version_6(tmp_path / "v6.db")
+    close_connections()
+    with caplog.at_level(logging.INFO, logger="instance_api"):
+        app = create_app({"TESTING": True, **settings})
+    try:
+        assert [record.getMessage() for record in caplog.records
+                if "Migrating" in record.getMessage()] == [STEP]
+        client = app.test_client()
+        listed = client.get("/api/instances").get_json()
+        assert sorted(row["name"] for row in listed) == sorted(name for _, name, _ in OLD)
+        assert all(row["labels"] == {} for row in listed)
+        old = OLD[0][0]
+        assert client.get(f"/api/instances/{old}/logs").headers["X-Total-Count"] == "1"
+        assert client.get(f"/api/instances/{old}/plans").get_json()[0]["title"] == "old goal"
+        # The names already there are in the search index...
+        assert names(client, "q=frontend") == ["web-frontend-01"]
+        assert names(client, "q=Straße") == ["Datenbank Straße"]
+        assert names(client, "q=-") == ["gpu-worker", "web-frontend-01"]
+        # ... and labels given to old rows are in the label index.
+        assert client.patch(f"/api/instances/{old}", json={"labels": {"env": "prod"}}
+                            ).status_code == 200
+        assert names(client, "label=env=prod") == ["web-frontend-01"]
+        assert names(client, "label=!env&status=running") == ["gpu-worker"]
+        assert client.get("/api/instances/counts?by=label:env").get_json() == {
+            "total": 3, "by": {"label:env": {"prod": 1}}}
+        with models.db.connection_context():
+            assert migrations.stored_version() == migrations.SCHEMA_VERSION == 7
+            if not models.is_sqlite():
+                assert search.has_trigram_index()
+                assert models.db.execute_sql(
+                    "SELECT to_regclass('instance_labels')").fetchone()[0] is not None
+    finally:
+        close_connections()
+
+
+def test_a_current_database_is_not_migrated_again(tmp_path, caplog):
+    settings = {"TESTING": True, **database_for(tmp_path / "t.db")}
+    close_connections()
+    create_app(settings).test_client().post("/api/instances", json={**BOX, "labels": {"a": "b"}})
+    close_connections()
+    with caplog.at_level(logging.INFO, logger="instance_api"):
+        client = create_app(settings).test_client()
+    try:
+        assert not [record for record in caplog.records if "Migrating" in record.getMessage()]
+        assert names(client, "label=a=b") == ["box"]
+    finally:
+        close_connections()
+
+
+def start_together(tmp_path, count, db):
+    """`count` servers started at once on the database `db`; each one
+    once it listens, or the AssertionError of one that did not."""
+    def start(n):
+        try:
+            return Server(tmp_path, db=db, log_name=f"server{n}.log")
+        except AssertionError as exc:
+            return exc
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(start, range(count)))
+
+
+@pytest.mark.parametrize("older", [False, True], ids=["new-database", "version-6"])
+def test_servers_started_together_all_start_and_serve(tmp_path, older):
+    db = tmp_path / "shared.db"
+    if older:
+        version_6(db)
+        close_connections()
+    else:
+        database_for(db)   # a new PostgreSQL schema, made once before the servers race
+    servers = start_together(tmp_path, 4, db)
+    try:
+        failed = [str(server) for server in servers if isinstance(server, AssertionError)]
+        assert not failed, failed[0]
+        for n, server in enumerate(servers):
+            reply = call(server.url, "POST", "/api/instances", {**BOX, "name": f"from {n}",
+                                                                "labels": {"by": str(n)}})
+            assert reply.status_code == 201, reply.get_data(as_text=True)
+        for server in servers:
+            listed = call(server.url, "GET", "/api/instances?label=by&limit=100")
+            assert listed.status_code == 200
+            assert sorted(row["name"] for row in listed.get_json()) == [
+                f"from {n}" for n in range(4)]
+        migrated = sum(server.output.count("Migrating the database") for server in servers)
+        assert migrated == (1 if older else 0)
+        assert all("Cannot start" not in server.output for server in servers)
+    finally:
+        for server in servers:
+            if not isinstance(server, AssertionError):
+                server.stop()
