@@ -26,7 +26,7 @@ import loglines
 import migrations
 from routes import BLUEPRINTS
 from routes.access import load_tokens, protected, require_token
-from routes.docs import HttpDocs, assets, property_names
+from routes.docs import HttpDocs, assets
 from schemas import LogCreateSchema, ProblemSchema
 from storage import db
 from storage.engines import SYNCHRONOUS, open_database, unavailable, verify_wal
@@ -333,7 +333,6 @@ def create_app(config=None):
 
     api = Api(app, spec_kwargs={"extra_plugins": [
         HttpDocs({"Problem": ProblemSchema, "LogCreate": LogCreateSchema})]})
-    api.ma_plugin.converter.add_attribute_function(property_names)
     for blueprint in BLUEPRINTS:
         api.register_blueprint(blueprint)
     app.register_blueprint(assets)

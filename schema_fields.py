@@ -18,6 +18,21 @@ SLUG = r"^[a-z][a-z0-9_.-]{0,63}$"
 # The service stores no NUL character: a body with one is refused
 # (routes/common.check_storable), and so is a query (StrictParser).
 NUL_FREE = r"^[^\u0000]*$"
+# ... and holds a character other than white space (\s as Python's str.isspace).
+NOT_BLANK = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+# Any JSON value the service stores (a JSONObject's values): strings and keys
+# without NUL, nesting as deep as the limit allows (check_storable).
+JSON_VALUE = {
+    "description": "Any JSON value; no string or key holds a NUL character.",
+    "anyOf": [
+        {"type": ["null", "boolean", "number"]},
+        {"type": "string", "pattern": NUL_FREE},
+        {"type": "array", "items": {"$ref": "#/components/schemas/JSONValue"}},
+        {"type": "object", "propertyNames": {"pattern": NUL_FREE},
+         "additionalProperties": {"$ref": "#/components/schemas/JSONValue"}},
+    ],
+    "examples": [{"cpu": 2, "tags": ["a", "b"], "gpu": None}],
+}
 
 
 def not_blank(value):
@@ -55,7 +70,7 @@ class QueryInteger(fields.Integer):
     negative number is refused for its range), nothing else. int() would
     also take " 10", "10\\n", "+10", "1_0" and other scripts' digits."""
 
-    DIGITS = re.compile(r"-?[0-9]{1,20}")
+    DIGITS = re.compile(r"-?[0-9]+")
 
     def _validated(self, value):
         if not isinstance(value, str) or not self.DIGITS.fullmatch(value):
@@ -80,7 +95,16 @@ class JSONObject(fields.Dict):
     ETag), and the two engines would answer differently. Inputs nest at most
     64 levels (routes/common.py), well within recursion limits. The keys of
     a JSON object are strings already; a `keys` field is only for rules of
-    its own (environment variable names)."""
+    its own (environment variable names).
+
+    The API docs say what any object holds: JSON values (JSON_VALUE) with no
+    NUL in a key or a string, which the service refuses (check_storable)."""
+
+    def __init__(self, **kwargs):
+        metadata = {"propertyNames": {"pattern": NUL_FREE},
+                    "additionalProperties": {"$ref": "#/components/schemas/JSONValue"},
+                    **kwargs.pop("metadata", {})}
+        super().__init__(metadata=metadata, **kwargs)
 
     def _serialize(self, value, attr, obj, **kwargs):
         # What is written out was stored, so was checked on the way in:
@@ -100,9 +124,11 @@ class Moment(fields.DateTime):
         return value if value is None or isinstance(value, str) else rfc3339(value)
 
 
-def Text(**kwargs):
-    """A string; the API docs say that it holds no NUL character."""
-    return fields.String(metadata={"pattern": NUL_FREE, **kwargs.pop("metadata", {})},
+def Text(blank=True, **kwargs):
+    """A string; the API docs say that it holds no NUL character and, unless
+    it may be `blank`, a character other than white space (not_blank)."""
+    pattern = NUL_FREE if blank else NOT_BLANK
+    return fields.String(metadata={"pattern": pattern, **kwargs.pop("metadata", {})},
                          **kwargs)
 
 

@@ -171,7 +171,7 @@ class InstanceSchema(Representation):
     id = fields.UUID(dump_only=True)
     site_id = fields.UUID()
     user_id = fields.UUID()
-    name = Text(validate=[validate.Length(1, 255), not_blank])
+    name = Text(blank=False, validate=[validate.Length(1, 255), not_blank])
     instance_type = Enum(INSTANCE_TYPES)
     status = Enum(INSTANCE_STATUSES)
     agent_id = fields.UUID(allow_none=True)
@@ -341,7 +341,7 @@ class LogQuerySchema(ListQuerySchema):
 class PlanSchema(Representation):
     id = fields.UUID(dump_only=True)
     instance_id = fields.UUID(dump_only=True)
-    title = Text(validate=[validate.Length(1, 500), not_blank])
+    title = Text(blank=False, validate=[validate.Length(1, 500), not_blank])
     description = Text(allow_none=True)
     plan_type = Slug()
     status = Enum(PLAN_STATUSES)

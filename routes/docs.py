@@ -6,8 +6,11 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from apispec import BasePlugin
+from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, send_from_directory
 from marshmallow import fields
+
+from schema_fields import JSON_VALUE
 
 # Located without importing the package, which would load handlers for a
 # dozen web frameworks; only its static files are used.
@@ -106,8 +109,13 @@ class HttpDocs(BasePlugin):
 
     def init_spec(self, spec):
         super().init_spec(spec)
+        # Before any schema is converted, the components below included.
+        for plugin in spec.plugins:
+            if isinstance(plugin, MarshmallowPlugin):
+                plugin.converter.add_attribute_function(property_names)
         for name, schema in self.schemas.items():
             spec.components.schema(name, schema=schema)
+        spec.components.schema("JSONValue", JSON_VALUE)
         for name, header in HEADERS.items():
             spec.components.header(name, header)
         for name, (header, parameter) in PARAMETERS.items():
@@ -180,14 +188,15 @@ def document(operation, method, has_ids, guarded):
 
 def property_names(converter, field, **kwargs):
     """An apispec attribute function: JSON Schema's `propertyNames` for an
-    object whose keys have rules of their own (environment variable names,
-    label keys), which apispec leaves out."""
-    if isinstance(field, fields.Dict) and field.key_field is not None:
-        names = converter.field2property(field.key_field)
+    object whose keys have rules (environment variable names, label keys;
+    no NUL in any key), which apispec leaves out."""
+    if not isinstance(field, fields.Dict):
+        return {}
+    names = field.metadata.get("propertyNames", {})
+    if field.key_field is not None:
+        names = {**names, **converter.field2property(field.key_field)}
         names.pop("type", None)
-        if names:
-            return {"propertyNames": names}
-    return {}
+    return {"propertyNames": names} if names else {}
 
 
 def one_or_many(component, most):

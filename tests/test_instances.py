@@ -625,6 +625,10 @@ def test_limit_1000_is_accepted(client, make_many):
     ("offset=-1", "offset"),
     ("offset=abc", "offset"),
     ("offset=2.5", "offset"),
+    # Digits only (1.4): int() would take these as 10.
+    ("limit=%2010", "limit"), ("limit=10%0A", "limit"), ("limit=+10", "limit"),
+    ("limit=1_0", "limit"), ("limit=%D9%A1%D9%A0", "limit"), ("offset=%091", "offset"),
+    ("offset=0x1", "offset"), ("offset=1e3", "offset"),
     ("site_id=nope", "site_id"),
     ("site_id=", "site_id"),
     ("status=bogus", "status"),
@@ -634,6 +638,14 @@ def test_limit_1000_is_accepted(client, make_many):
 ])
 def test_list_rejects_bad_query(client, instance, query, field):
     assert_problem(client.get(f"{URL}?{query}"), 422, field, where="query")
+
+
+def test_query_integers_may_have_leading_zeros_and_any_length(client, make_many):
+    make_many(3)
+    assert len(client.get(f"{URL}?limit=0002").get_json()) == 2
+    resp = client.get(f"{URL}?offset={'9' * 40}")
+    assert resp.status_code == 200
+    assert resp.get_json() == [] and resp.headers["X-Total-Count"] == "3"
 
 
 def test_offset_past_the_end_is_an_empty_page(client, make_many):

@@ -47,7 +47,7 @@ def test_every_operation_has_a_unique_operation_id_for_generated_clients(documen
            for method, operation in operations.items() if method != "parameters"]
     assert len(ids) == len(set(ids)) == 17
     assert {"getInstances", "postInstances", "patchInstanceById", "postInstanceLogs",
-            "deleteInstancePlanById", "getHealth"} <= set(ids)
+            "deleteInstancePlanById", "getHealth", "getInstanceCounts"} <= set(ids)
 
 
 INSTANCE = "/api/instances/{instance_id}"
@@ -57,6 +57,7 @@ LOGS = "/api/instances/{instance_id}/logs"
 
 @pytest.mark.parametrize("path, method, statuses", [
     ("/api/instances", "get", {200, 401, 422, 500}),
+    ("/api/instances/counts", "get", {200, 304, 401, 422, 500}),
     ("/api/instances", "post", {201, 400, 401, 413, 415, 422, 500, 503}),
     (INSTANCE, "get", {200, 304, 401, 404, 500}),
     (INSTANCE, "patch", {200, 400, 401, 404, 412, 413, 415, 422, 500, 503}),
@@ -122,12 +123,65 @@ def test_query_parameters_carry_their_limits_and_enums(document):
     assert parameters["q"]["maxLength"] == 255
 
 
+def test_the_counts_take_the_list_filters_and_by_but_no_paging(document):
+    operation = document["paths"]["/api/instances/counts"]["get"]
+    names = {p["name"] for p in operation["parameters"] if "name" in p}
+    listing = {p["name"] for p in document["paths"]["/api/instances"]["get"]["parameters"]
+               if "name" in p}
+    assert names == listing - {"limit", "offset", "sort"} | {"by"}
+    assert operation["summary"].startswith("Count the instances")
+    schema = resolve(document, operation["responses"]["200"]["content"]["application/json"][
+        "schema"])
+    assert set(schema["properties"]) == {"total", "by"}
+
+
+def matches(pattern, text):
+    # The document's patterns are ECMA regexes that Python reads the same way.
+    return re.search(pattern, text) is not None
+
+
+def test_object_keys_and_label_rules_are_stated_as_json_schema(document):
+    instance = document["components"]["schemas"]["Instance"]["properties"]
+    env = instance["environment_variables"]
+    assert env["propertyNames"]["pattern"] == "^[A-Za-z_][A-Za-z0-9_]*$"
+    labels = instance["labels"]
+    assert labels["maxProperties"] == 32
+    keys, values = labels["propertyNames"]["pattern"], labels["additionalProperties"]["pattern"]
+    assert all(matches(keys, key) for key in ("a", "env", "a.b_c-d/e", "9", "k" * 63))
+    assert not any(matches(keys, key) for key in ("", "A", "-a", "a-", "a b", "k" * 64))
+    assert all(matches(values, value) for value in ("", "prod", "A-b.c_D9", "v" * 63))
+    assert not any(matches(values, value) for value in ("-x", "x.", "a/b", "v" * 64))
+    configuration = instance["configuration"]
+    assert configuration["additionalProperties"] == {"$ref": "#/components/schemas/JSONValue"}
+    assert not matches(configuration["propertyNames"]["pattern"], "a\x00b")
+
+
+def test_texts_say_that_nul_and_blank_are_refused(document):
+    instance = document["components"]["schemas"]["Instance"]["properties"]
+    name = instance["name"]["pattern"]
+    assert matches(name, "box") and matches(name, " a ")
+    assert not any(matches(name, text) for text in (" ", "\t\n", "a\x00b"))
+    message = document["components"]["schemas"]["LogCreate"]["properties"]["message"]
+    assert not matches(message["pattern"], "a\x00b") and matches(message["pattern"], " ")
+
+
+def test_the_label_filter_states_its_grammar(document):
+    parameters = {p["name"]: p["schema"] for p in document["paths"]["/api/instances"]["get"][
+        "parameters"] if "name" in p}
+    grammar = parameters["label"]["pattern"]
+    for good in ("env=prod", "env", "!env", "env!=prod", "env=", "env=prod,team,!canary,a!=b"):
+        assert matches(grammar, good), good
+    for bad in ("", "env,", ",env", "env==prod", "Env=x", "!env=x", "a=b=c", "a in (b)"):
+        assert not matches(grammar, bad), bad
+
+
 def test_every_body_schema_has_an_example_that_it_accepts(document):
     schemas = document["components"]["schemas"]
     for name, schema in schemas.items():
         assert schema.get("examples"), name
         for example in schema["examples"]:
-            OAS31Validator(schema).validate(example)
+            # Refs (#/components/...) resolve against the document.
+            OAS31Validator({**schema, "components": document["components"]}).validate(example)
 
 
 def test_the_batch_body_is_one_log_or_an_array_of_up_to_1000(document):

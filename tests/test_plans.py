@@ -141,6 +141,30 @@ def test_create_plan_accepts_values_at_the_boundaries(client, plans_url, fields)
         assert fetched[name] == plan[name]
 
 
+@pytest.mark.parametrize("sent, stored", [
+    (3458.0, 3458), (-2.0, -2), (0.0, 0), (-0.0, 0), (1e3, 1000),
+    (float(INT32_MAX), INT32_MAX), (float(INT32_MIN), INT32_MIN),
+])
+def test_an_integral_number_is_an_integer_priority(client, plans_url, sent, stored):
+    """JSON Schema's integer is a number without a fraction, however it is
+    written: 3458.0 is stored, and written back, as 3458."""
+    resp = client.post(plans_url, json={**VALID_PLAN, "priority": sent})
+    assert resp.status_code == 201, resp.get_json()
+    assert b'"priority":%d,' % stored in resp.get_data()
+    fetched = client.get(path_of(resp.headers["Location"]))
+    assert fetched.get_json()["priority"] == stored
+    assert type(fetched.get_json()["priority"]) is int
+    patched = client.patch(path_of(resp.headers["Location"]), json={"priority": 7.0})
+    assert patched.get_json()["priority"] == 7
+
+
+@pytest.mark.parametrize("sent", [1.5, -0.5, 1e-9, 2.0**31, -(2.0**31) - 1, 1e300, True, "7"])
+def test_a_fraction_a_boolean_or_an_out_of_range_number_is_not_a_priority(client, plans_url,
+                                                                          sent):
+    assert_problem(client.post(plans_url, json={**VALID_PLAN, "priority": sent}), 422,
+                   "priority")
+
+
 @pytest.mark.parametrize("payload, field", [
     ({"plan_type": "task"}, "title"),
     ({"title": "t"}, "plan_type"),
