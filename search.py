@@ -4,9 +4,10 @@ them by label (3.2).
 
 SQLite keeps, in the transaction of every write to `instance` (triggers, so
 whatever writes the row keeps them: the API, group commit, a bulk seed):
-- `instance_label` (key, value, instance_id), one row per label: its key
-  (key, instance_id) answers `key`, `!key` and `key!=value` for one instance,
-  its index (key, value, instance_id) lists the instances of a `key=value`;
+- `instance_label` (key, value, instance_id, created_at), one row per label:
+  its key (key, instance_id) answers `key`, `!key` and `key=value` or
+  `key!=value` for one instance, its index (key, value, created_at,
+  instance_id) lists the instances of a `key=value`, newest first;
 - `instance_label_count` and `instance_label_key_count`: how many instances
   have each label and each key, kept by triggers on `instance_label`, so a
   filter of one selector counts its rows in one lookup, and the plan below
@@ -55,6 +56,7 @@ class InstanceLabel(Model):
     key = TextField()
     value = TextField()
     instance_id = TextField()
+    created_at = TextField()   # the instance's, as stored
 
     class Meta:
         database = db
@@ -98,10 +100,13 @@ SQLITE = (
     """
     CREATE TABLE IF NOT EXISTS instance_label (
         key TEXT NOT NULL, value TEXT NOT NULL, instance_id TEXT NOT NULL,
+        created_at TEXT NOT NULL,
         PRIMARY KEY (key, instance_id)) WITHOUT ROWID""",
+    # With the instance's created_at (which never changes), so that a page
+    # of one label, newest first, is a range of this index in order.
     """
     CREATE UNIQUE INDEX IF NOT EXISTS instance_label_value
-        ON instance_label (key, value, instance_id)""",
+        ON instance_label (key, value, created_at, instance_id)""",
     """
     CREATE TABLE IF NOT EXISTS instance_label_count (
         key TEXT NOT NULL, value TEXT NOT NULL, instances INTEGER NOT NULL,
@@ -113,8 +118,8 @@ SQLITE = (
     """
     CREATE TRIGGER IF NOT EXISTS instance_labels_added AFTER INSERT ON instance
     BEGIN
-        INSERT INTO instance_label (key, value, instance_id)
-        SELECT key, value, new.id FROM json_each(new.labels);
+        INSERT INTO instance_label (key, value, instance_id, created_at)
+        SELECT key, value, new.id, new.created_at FROM json_each(new.labels);
     END""",
     """
     CREATE TRIGGER IF NOT EXISTS instance_labels_changed AFTER UPDATE OF labels ON instance
@@ -122,8 +127,8 @@ SQLITE = (
     BEGIN
         DELETE FROM instance_label
         WHERE instance_id = old.id AND key IN (SELECT key FROM json_each(old.labels));
-        INSERT INTO instance_label (key, value, instance_id)
-        SELECT key, value, new.id FROM json_each(new.labels);
+        INSERT INTO instance_label (key, value, instance_id, created_at)
+        SELECT key, value, new.id, new.created_at FROM json_each(new.labels);
     END""",
     """
     CREATE TRIGGER IF NOT EXISTS instance_labels_removed AFTER DELETE ON instance
@@ -195,8 +200,8 @@ def fill_indexes():
         db.execute_sql("INSERT INTO instance_search (rowid, name) "
                        "SELECT rowid, casefold(name) FROM instance")
         db.execute_sql("DELETE FROM instance_label")
-        db.execute_sql("INSERT INTO instance_label (key, value, instance_id) "
-                       "SELECT each.key, each.value, instance.id "
+        db.execute_sql("INSERT INTO instance_label (key, value, instance_id, created_at) "
+                       "SELECT each.key, each.value, instance.id, instance.created_at "
                        "FROM instance, json_each(instance.labels) AS each")
 
 
@@ -279,6 +284,19 @@ def counted_alone(op, slots):
     if op in POSITIVE:
         return having
     return Instance.select(fn.COUNT(SQL("*")) - having)
+
+
+def ordered_page(slots):
+    """SQLite: the instances with the label `key=value` (its slots), newest
+    first, as a range of the label index (key, value, created_at,
+    instance_id) read in order, each instance then found by its id: a page
+    of 50 reads 50 index entries, however many instances have the label.
+    CROSS JOIN keeps SQLite to that order of tables."""
+    return (InstanceLabel.select(*Instance._meta.sorted_fields)
+            .join(Instance, JOIN.CROSS)
+            .where(InstanceLabel.key == slots[0], InstanceLabel.value == slots[1],
+                   Instance.id == InstanceLabel.instance_id)
+            .order_by(InstanceLabel.created_at.desc(), InstanceLabel.instance_id.desc()))
 
 
 def counted_complement(ops, slots):
@@ -373,23 +391,30 @@ NARROWED = 1000
 
 class Plan(NamedTuple):
     """Which filter drives a page and which its count (None: the page's
-    order, or the index of another filter, tests them row by row), and
-    whether the count comes from the label counters (one selector alone)."""
+    order, or the index of another filter, tests them row by row); whether
+    the count comes from the label counters (one selector alone); whether
+    the page is a range of the label index in order (ordered_page)."""
     page: object = None
     count: object = None
     alone: bool = False
+    ordered: bool = False
 
 
-def plan(selectors, search, wanted, only_labels, narrowed):
+def plan(selectors, search, wanted, only_labels, narrowed, newest_first):
     """SQLite: which of the positive `selectors` (by index) or the `search`
     (search_values, as "q") drives a page of `wanted` rows (limit + offset)
     and its count; `only_labels`: the selectors are the only filter;
-    `narrowed`: an id filter leaves few rows to test. One statement: the
-    counters of the selectors and the size of the table."""
+    `narrowed`: an id filter leaves few rows to test; `newest_first`: the
+    page is in the default order. One statement: the counters of the
+    selectors and the size of the table; none for one `key=value` alone,
+    newest first, the dashboard's question: its page reads the label index
+    in order, whatever the label's share, and its counter is the count."""
     candidates = [(index, selector) for index, selector in enumerate(selectors)
                   if selector.op in POSITIVE]
     searching = search is not None and len(search) > 1
     alone = is_sqlite() and only_labels and len(selectors) == 1
+    if alone and newest_first and selectors[0].op == EQUALS:
+        return Plan(alone=True, ordered=True)
     if not is_sqlite() or not (candidates or searching):
         return Plan(alone=alone)
     parts, params = ["(SELECT max(rowid) FROM instance)"], []

@@ -133,19 +133,24 @@ class Filtering:
         q = [self.values[("q", key)] for key in range(2) if ("q", key) in self.values]
         return search.plan(args.get("label", ()), q if "q" in args else None, wanted,
                            only_labels=names == ["label"] and not self.scope,
-                           narrowed=bool(self.scope) or not NARROWING.isdisjoint(names))
+                           narrowed=bool(self.scope) or not NARROWING.isdisjoint(names),
+                           newest_first=args.get("sort", [("created_at", True)]) == [
+                               ("created_at", True)] and "after" not in args)
+
+    def label_slots(self, index):
+        """The Slots of the `label` filter's selector `index`."""
+        form = dict((name, form) for name, form, _ in self.forms)["label"]
+        return [Slot(("label", (index, position)), as_is) for position in range(form[index][1])]
 
     def counted(self, plan):
         """The query of the number of matching rows, for `plan`."""
-        if self.forms and [name for name, _, _ in self.forms] == ["label"] \
-                and not self.scope:
+        if [name for name, _, _ in self.forms] == ["label"] and not self.scope:
             [(_, form, _)] = self.forms
-            slots = [[Slot(("label", (index, position)), as_is) for position in range(width)]
-                     for index, (_, width) in enumerate(form)]
             if plan.alone:
-                return search.counted_alone(form[0][0], slots[0])
+                return search.counted_alone(form[0][0], self.label_slots(0))
             if all(op not in search.POSITIVE for op, _ in form):
-                return search.counted_complement([op for op, _ in form], slots)
+                return search.counted_complement(
+                    [op for op, _ in form], [self.label_slots(index) for index in range(len(form))])
         return self.where(self.model.select(fn.COUNT(SQL("*"))), plan.count)
 
 
@@ -186,6 +191,9 @@ def list_response(model, args, instance_id=None, kept_count=None):
                                else kept_count).where(Instance.id == Slot("instance"))
 
     def page():
+        if plan.ordered:
+            query = search.ordered_page(filtering.label_slots(0))
+            return query.limit(Slot("limit")).offset(Slot("offset"))
         query = filtering.where(model.select(), plan.page)
         if after:
             query = query.where(after_cursor(model, scope)).order_by(model.created_at, model.id)

@@ -267,12 +267,23 @@ def test_a_rare_selector_drives_the_query_and_a_common_one_is_tested_row_by_row(
         make_instance(name=f"box {n}", labels={"env": "prod"} if n % 2 else {"rare": "yes"}
                       if n == 10 else {})
     rare, common = Selector("=", "rare", "yes"), Selector("=", "env", "prod")
-    with_rare = search.plan([common, rare], None, wanted=10, only_labels=True, narrowed=False)
-    assert (with_rare.page, with_rare.count) == (1, 1)
-    alone = search.plan([common], None, wanted=10, only_labels=True, narrowed=False)
-    assert (alone.page, alone.alone) == (None, True)
+    planned = dict(wanted=10, only_labels=True, narrowed=False, newest_first=True)
+    with_rare = search.plan([common, rare], None, **planned)
+    assert (with_rare.page, with_rare.count, with_rare.ordered) == (1, 1, False)
+    # One key=value newest first: a range of the label index, counted by its counter.
+    alone = search.plan([common], None, **planned)
+    assert (alone.ordered, alone.alone) == (True, True)
+    # Sorted otherwise, the common label is tested row by row in the sort's order.
+    by_name = search.plan([common], None, **{**planned, "newest_first": False})
+    assert (by_name.page, by_name.alone, by_name.ordered) == (None, True, False)
     # Either way, the same instances.
+    everything = client.get(f"{URL}?limit=100").get_json()[::-1]   # oldest first
     for query in ("env=prod", "rare=yes", "env=prod,rare=yes", "rare=yes,!env"):
-        rows = client.get(f"{URL}?{urlencode({'label': query, 'limit': 10})}")
-        assert total(rows) == {"env=prod": 20, "rare=yes": 1, "env=prod,rare=yes": 0,
-                               "rare=yes,!env": 1}[query]
+        for sort in ({}, {"sort": "name"}, {"sort": "-created_at"}):
+            rows = client.get(f"{URL}?{urlencode({'label': query, 'limit': 10, **sort})}")
+            wanted = expected(everything, query)
+            if sort.get("sort") == "name":
+                names = {row["id"]: row["name"] for row in everything}
+                wanted = sorted(wanted, key=lambda row_id: (names[row_id], ""))
+            assert total(rows) == len(wanted)
+            assert [row["id"] for row in rows.get_json()] == wanted[:10]

@@ -94,10 +94,9 @@ def test_a_text_most_names_contain_reads_in_order_and_a_rare_one_through_the_ind
         client, make_instance):
     for n in range(30):
         make_instance(name=f"fleet-{n}" + ("-gpu" if n == 7 else ""))
-    rare = search.plan((), search.search_values("gpu"), wanted=10, only_labels=False,
-                       narrowed=False)
-    common = search.plan((), search.search_values("fleet"), wanted=10, only_labels=False,
-                         narrowed=False)
+    planned = dict(wanted=10, only_labels=False, narrowed=False, newest_first=True)
+    rare = search.plan((), search.search_values("gpu"), **planned)
+    common = search.plan((), search.search_values("fleet"), **planned)
     assert (rare.page, rare.count) == ("q", "q")
     assert common.page is None and common.count == "q"
     assert found(client, "gpu") == ["fleet-7-gpu"]
