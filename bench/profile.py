@@ -2,8 +2,8 @@
 directly (no sockets, no load generator), so the figures are the app's own
 cost per request. Run it on a seeded dataset (bench/seed.py):
 
-    python bench/profile.py bench/data/small.seed.db            # µs per request
-    python bench/profile.py bench/data/small.seed.db get_one    # and its profile
+    python bench/profile.py bench/data/small.seed-labels.db            # µs per request
+    python bench/profile.py bench/data/small.seed-labels.db get_one    # and its profile
 
 The database is copied first; the writes go to the copy.
 """
@@ -21,7 +21,8 @@ from werkzeug.test import EnvironBuilder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app import configure_logging, create_app  # noqa: E402
+from app import create_app  # noqa: E402
+from loglines import configure_logging  # noqa: E402
 from bench.ceilings import bare_flask  # noqa: E402
 
 SITE, USER = "5b0c6b52-3c6b-4a55-8f6e-0d7c3a1e9a01", "9d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6"
@@ -46,6 +47,11 @@ def operations(path):
                             {"site_id": SITE, "user_id": USER, "name": "bench"}),
         "append_log": ("POST", f"/api/instances/{other}/logs", LOG),
         "batch_ingest": ("POST", f"/api/instances/{other}/logs", [LOG] * 1000),
+        "list_by_label": ("GET", "/api/instances?label=env%3Dprod&limit=50", None),
+        "counts_by_status": ("GET", "/api/instances/counts?by=status", None),
+        "counts_by_status_site": ("GET", f"/api/instances/counts?by=status&site_id={site}",
+                                  None),
+        "list_q": ("GET", "/api/instances?q=gpu&limit=50", None),
     }
 
 

@@ -8,7 +8,9 @@ HTTP would take longer than the benchmark itself.
 small: 1,000 instances / 10,000 logs; large: 100,000 instances / 1,000,000
 logs. One hot instance holds a tenth of the logs; the rest are spread over
 the other instances. About 40% of instances are `running`; they belong to
-size/250 sites.
+size/250 sites. Every instance has two labels: `env` (`prod` for a fifth of
+them, else `staging` or `dev`) and `team` (one of eight). At every size, 50
+instances have `gpu` in their name (what list_q searches for).
 """
 import random
 import sys
@@ -29,6 +31,18 @@ from storage.ids import uuid7  # noqa: E402
 SIZES = {"small": (1_000, 10_000), "large": (100_000, 1_000_000)}
 CHUNK = 10_000
 STATUSES = ("pending", "starting", "paused", "stopping", "stopped", "terminated", "error")
+SEARCHED = 50   # instances named with "gpu", at any size
+
+
+def labels_of(n):
+    """env=prod for a fifth of the instances, a team for each; spread over
+    the sites (instance n is at site n % sites) rather than by site."""
+    return {"env": "prod" if n * 761 % 1000 < 200 else ("staging", "dev")[n % 2],
+            "team": f"team-{n // 3 % 8}"}
+
+
+def name_of(n, instances):
+    return f"gpu-instance-{n}" if n % (instances // SEARCHED) == 7 else f"instance-{n}"
 
 
 def seed(size, path):
@@ -52,10 +66,12 @@ def seed(size, path):
                 "id": ids[-1], "created_at": moment, "updated_at": moment,
                 "site_id": sites[n % len(sites)],
                 "user_id": uuid.UUID(int=rng.getrandbits(128), version=4),
-                "name": f"instance-{n}", "instance_type": ("ubuntu", "browser", "windows")[n % 3],
+                "name": name_of(n, instances),
+                "instance_type": ("ubuntu", "browser", "windows")[n % 3],
                 # 40% running, the rest spread over the other statuses.
                 "status": "running" if rng.random() < 0.4 else rng.choice(STATUSES),
                 "agent_id": None, "configuration": {"cpu": 2}, "environment_variables": {},
+                "labels": labels_of(n),
             })
         with db.atomic():
             models.Instance.insert_many(rows).execute()
