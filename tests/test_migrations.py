@@ -69,11 +69,28 @@ def version_6(path):
                 "INSERT INTO instance_plan (id, created_at, updated_at, instance_id, title, "
                 "plan_type, status, priority) VALUES (%s, now(), now(), %s, 'old goal', "
                 "'objective', 'pending', 1)", (other_id(row_id, "2"), row_id))
-        models.db.execute_sql("DROP INDEX instance_name_trigrams")
-        models.db.execute_sql("ALTER TABLE instance DROP COLUMN labels")   # and its index
+        undo_version_7()
         models.SchemaVersion.update(version=6).execute()
     close_connections()
     return settings
+
+
+def undo_version_7():
+    """Take away, in the caller's transaction, what version 7 added: the
+    label and search tables and triggers (SQLite), the trigram index
+    (PostgreSQL), and the `labels` column with its index."""
+    if models.is_sqlite():
+        for trigger in ("instance_labels_added", "instance_labels_changed",
+                        "instance_labels_removed", "instance_label_counted",
+                        "instance_label_uncounted", "instance_search_added",
+                        "instance_search_renamed", "instance_search_removed"):
+            models.db.execute_sql(f"DROP TRIGGER {trigger}")
+        for table in ("instance_label", "instance_label_count", "instance_label_key_count",
+                      "instance_search"):
+            models.db.execute_sql(f"DROP TABLE {table}")
+    else:
+        models.db.execute_sql("DROP INDEX IF EXISTS instance_name_trigrams")
+    models.db.execute_sql("ALTER TABLE instance DROP COLUMN labels")   # and its GIN index
 
 
 def names(client, query):
