@@ -130,6 +130,16 @@ def plans_of(client, url):
             for sql, params in statements_of(client, url)]
 
 
+@sqlite_only
+def test_a_sites_status_counts_read_that_sites_index_entries_only(client, dataset):
+    """The dashboard asks on every page view: one range of (site_id, status,
+    ...), already grouped by status, whatever the other sites hold."""
+    url = "/api/instances/counts?by=status&site_id={site}".format(**dataset)
+    [(_, plan)] = plans_of(client, url)
+    assert plan == ["SEARCH t1 USING COVERING INDEX instance_site_id_status_created_at_id "
+                    "(site_id=?)"]
+
+
 # -- PostgreSQL ---------------------------------------------------------------------
 
 def pg_plans_of(client, url):
@@ -165,6 +175,14 @@ def test_no_instance_query_scans_the_table_on_postgresql(client, dataset, path, 
             if any(node["Node Type"] == "Seq Scan" for node in nodes(plan)):
                 scans[url] = (sql, [node["Node Type"] for node in nodes(plan)])
     assert scans == {}
+
+
+@postgres_only
+def test_a_sites_status_counts_read_that_sites_index_entries_on_postgresql(client, dataset):
+    url = "/api/instances/counts?by=status&site_id={site}".format(**dataset)
+    [(_, plan)] = pg_plans_of(client, url)
+    conditions = [node.get("Index Cond", "") for node in nodes(plan)]
+    assert any("site_id" in condition for condition in conditions), list(nodes(plan))
 
 
 @postgres_only
