@@ -41,7 +41,10 @@ DEFAULTS = {
     "HOST": "127.0.0.1",
     "PORT": 8080,
     "THREADS": 8,
-    "WORKERS": 1,
+    # Server processes sharing the port; 0 is one per CPU this process may
+    # use, at most 8 (server.worker_count). Read by `instance-api serve`
+    # only: an app embedded elsewhere is served as its host decides.
+    "WORKERS": 0,
     "MAX_BODY_BYTES": 1 << 20,
     "MAX_HEADER_BYTES": 64 << 10,
     "BUSY_TIMEOUT": 5.0,
@@ -241,6 +244,19 @@ def synchronous(value):
     return text
 
 
+def workers(value):
+    """0 or "auto" (one per CPU, server.worker_count), else how many."""
+    if str(value).strip().lower() == "auto":
+        return 0
+    number = int(value)
+    if number < 0:
+        raise ValueError(value)
+    return number
+
+
+workers.__name__ = "worker count (a number, 0 or auto for one per CPU)"
+
+
 def positive(kind):
     def convert(value):
         number = kind(value)
@@ -253,7 +269,7 @@ def positive(kind):
 
 SETTING_TYPES = {
     "DATABASE": str, "DATABASE_URL": str, "HOST": str, "PORT": int,
-    "THREADS": positive(int), "WORKERS": positive(int),
+    "THREADS": positive(int), "WORKERS": workers,
     "MAX_BODY_BYTES": positive(int), "MAX_HEADER_BYTES": positive(int),
     "BUSY_TIMEOUT": positive(float), "SYNCHRONOUS": synchronous,
     "CHANNEL_TIMEOUT": positive(int), "CONNECTION_LIMIT": positive(int),

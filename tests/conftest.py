@@ -223,6 +223,13 @@ class Server:
             time.sleep(0.05)
         raise AssertionError(f"no {pattern!r} in server output:\n{self.output}")
 
+    def pids(self):
+        """The server's processes: the one started, and its workers if it has
+        any (Linux /proc). Workers are forked before the start-up line."""
+        pid = self.proc.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        return [pid, *map(int, children)]
+
     def stop(self, sig=signal.SIGTERM, timeout=10):
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
