@@ -2,7 +2,6 @@
 row lookups, preconditions, and list handling (filters, order, pages)."""
 import json
 import re
-import uuid
 from urllib.parse import urlencode
 
 import orjson
@@ -250,28 +249,11 @@ def noun(model):
 
 
 def created(row, endpoint, **path):
-    """A 201 body with the Location of the new row: the URL that
-    url_for(endpoint, _external=True, **path) builds, from a template made
-    once per endpoint by the request's own URL adapter, with ids in place
-    of its values (werkzeug's build converts and quotes each value, checks
-    the rule, and joins the host: 30,000 instructions of an append)."""
-    adapter = request_ctx.url_adapter
-    key = (endpoint, adapter.script_name)
-    template = LOCATIONS.get(key)
-    if template is None:
-        stand_ins = {name: uuid.UUID(int=n + 1) for n, name in enumerate(path)}
-        template = adapter.build(endpoint, stand_ins).replace("{", "{{").replace("}", "}}")
-        for name, stand_in in stand_ins.items():
-            template = template.replace(str(stand_in), f"{{{name}}}")
-        template = LOCATIONS[key] = f"{{scheme}}://{{host}}{template}"
-    # Path values are ids: UUIDs, or new ids as text, which the uuid
-    # converter would write as they are.
-    return row, {"Location": template.format(scheme=adapter.url_scheme, host=adapter.server_name,
-                                             **path)}
-
-
-# Location templates by (endpoint, script name): see `created`.
-LOCATIONS = {}
+    """A 201 body with the Location of the new row."""
+    # As url_for(endpoint, _external=True, **path) builds it, with the
+    # request's own URL adapter and without url_for's checks and defaults
+    # (a third of its time), which no route here uses.
+    return row, {"Location": request_ctx.url_adapter.build(endpoint, path, force_external=True)}
 
 
 # -- ETags (CONTRACT 2.2) ----------------------------------------------------
