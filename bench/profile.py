@@ -21,7 +21,8 @@ from werkzeug.test import EnvironBuilder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app import configure_logging, create_app  # noqa: E402
+from app import create_app  # noqa: E402
+from loglines import configure_logging  # noqa: E402
 from bench.ceilings import bare_flask  # noqa: E402
 
 SITE, USER = "5b0c6b52-3c6b-4a55-8f6e-0d7c3a1e9a01", "9d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6"
