@@ -33,6 +33,7 @@ import models
 from routes import BLUEPRINTS
 from routes.access import load_tokens, protected, require_token
 from routes.docs import HttpDocs, assets
+from routes.ui import blp as dashboard
 from schemas import LogCreateSchema, ProblemSchema
 
 log = logging.getLogger("instance_api")
@@ -339,6 +340,9 @@ def create_app(config=None):
     for blueprint in BLUEPRINTS:
         api.register_blueprint(blueprint)
     app.register_blueprint(assets)
+    # Pages for browsers, not API: registered beside the Api, so they stay out
+    # of the OpenAPI document.
+    app.register_blueprint(dashboard)
     app.register_error_handler(Exception, handle_unexpected)
     app.register_error_handler(DatabaseError, handle_database_error)
     app.register_error_handler(models.WriterBusy, handle_database_error)
