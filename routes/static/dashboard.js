@@ -345,10 +345,14 @@ function logSection(id, minLevel) {
       try {
         if (cursor) {
           // Held by the server until a log lands (or [] at the deadline).
+          const asked = Date.now();
           const {body: logs} = await api(
             `${base}?after=${cursor}&wait=${WAIT}&limit=${LOG_PAGE}${level}`);
           append(logs);
           cursor = logs.at(-1)?.id || cursor;
+          // An empty answer long before the deadline: the server has as many
+          // waiters as it holds and answered at once (3.3); do not spin.
+          if (!logs.length && Date.now() - asked < 1000) await sleep(1000);
         } else {
           // Without a cursor there is nothing to wait after: poll the list.
           await sleep(NO_CURSOR_POLL);
