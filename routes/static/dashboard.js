@@ -270,21 +270,22 @@ function planTree(plans) {
   const children = new Map();
   for (const plan of plans) {
     const parent = byId.has(plan.parent_id) ? plan.parent_id : null;
-    children.set(parent, [...(children.get(parent) || []), plan]);
+    if (!children.has(parent)) children.set(parent, []);
+    children.get(parent).push(plan);
   }
   const placed = new Set();
-  const branch = (list) => el("ul", {class: "plans"}, list.filter((plan) => !placed.has(plan.id))
-    .map((plan) => {
-      placed.add(plan.id);
-      const kids = children.get(plan.id) || [];
-      return el("li", {}, el("div", {class: "plan"},
-        el("span", {class: "title"}, plan.title), " ",
-        el("span", {class: "tag"}, plan.plan_type), " ", badge(plan.status), " ",
-        el("span", {class: "muted"}, `priority ${plan.priority}`),
-        plan.started_at ? [" · started ", when(plan.started_at)] : null,
-        plan.completed_at ? [" · ended ", when(plan.completed_at)] : null),
-      kids.length ? branch(kids) : null);
-    }));
+  const branch = (list) => el("ul", {class: "plans"}, list.map((plan) => {
+    if (placed.has(plan.id)) return null;   // met already, through a cycle
+    placed.add(plan.id);
+    const kids = children.get(plan.id) || [];
+    return el("li", {}, el("div", {class: "plan"},
+      el("span", {class: "title"}, plan.title), " ",
+      el("span", {class: "tag"}, plan.plan_type), " ", badge(plan.status), " ",
+      el("span", {class: "muted"}, `priority ${plan.priority}`),
+      plan.started_at ? [" · started ", when(plan.started_at)] : null,
+      plan.completed_at ? [" · ended ", when(plan.completed_at)] : null),
+    kids.length ? branch(kids) : null);
+  }));
   const tree = branch(children.get(null) || []);
   const lost = plans.filter((plan) => !placed.has(plan.id));
   if (lost.length) tree.append(...branch(lost).children);
