@@ -122,7 +122,7 @@ function describe(problem) {
 function askToken(refused) {
   if (main.querySelector("form.token")) return;   // parallel requests, one prompt
   const input = el("input", {type: "password", name: "token", required: true,
-                             autocomplete: "off", autofocus: true});
+                             autocomplete: "off"});
   main.replaceChildren(el("form", {class: "token", onsubmit: (event) => {
     event.preventDefault();
     sessionStorage.setItem(TOKEN_KEY, input.value.trim());

@@ -16,8 +16,10 @@ function ask(refused) {
   swagger.hidden = !specLoaded;
   const input = document.createElement("input");
   Object.assign(input, {type: "password", name: "token", required: true, autocomplete: "off"});
+  const heading = document.createElement("h2");
+  heading.textContent = "API token";
   const note = document.createElement("p");
-  note.className = refused ? "refused" : "";
+  if (refused) note.className = "refused";
   note.textContent = refused ? "The server refused that token. Enter another one."
     : "This server asks for a token: for its API description and for every request.";
   const label = document.createElement("label");
@@ -27,7 +29,7 @@ function ask(refused) {
   button.textContent = specLoaded ? "Use this token" : "Show the API";
   const form = document.createElement("form");
   form.className = "token";
-  form.append(note, label, " ", button);
+  form.append(heading, note, label, " ", button);
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     sessionStorage.setItem(TOKEN_KEY, input.value.trim());
