@@ -168,9 +168,16 @@ def browser():
 
 
 def until(driver, condition, timeout=LOAD):
+    """Wait for `condition`; on a timeout, fail showing what the page shows
+    (its messages name the request that failed)."""
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(condition)
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.05).until(condition)
+    except TimeoutException:
+        raise AssertionError(f"not within {timeout} s; the page shows:\n"
+                             f"{page_text(driver)[:2000]}") from None
 
 
 def page_text(driver):
