@@ -26,7 +26,8 @@ import loglines
 import migrations
 from routes import BLUEPRINTS
 from routes.access import load_tokens, protected, require_token
-from routes.docs import HttpDocs, assets
+from routes.docs import HttpDocs, page as docs_page
+from routes.ui import blp as dashboard
 from schemas import LogCreateSchema, ProblemSchema
 from storage import db
 from storage.engines import SYNCHRONOUS, open_database, unavailable, verify_wal
@@ -60,8 +61,8 @@ DEFAULTS = {
     "OPENAPI_VERSION": "3.1.0",
     "OPENAPI_URL_PREFIX": "/api",
     "OPENAPI_JSON_PATH": "openapi.json",
-    "OPENAPI_SWAGGER_UI_PATH": "docs",
-    "OPENAPI_SWAGGER_UI_URL": "/api/docs/assets/",
+    # No OPENAPI_SWAGGER_UI_*: /api/docs is routes/docs.py's page, whose script
+    # is a file (CSP) where flask-smorest's template has an inline one.
     "API_SPEC_OPTIONS": {
         "info": {
             "description": "Records of the remote machines (Ubuntu desktops, browsers, "
@@ -351,7 +352,10 @@ def create_app(config=None):
         HttpDocs({"Problem": ProblemSchema, "LogCreate": LogCreateSchema})]})
     for blueprint in BLUEPRINTS:
         api.register_blueprint(blueprint)
-    app.register_blueprint(assets)
+    # Pages for browsers, not API: registered beside the Api, so they stay out
+    # of the OpenAPI document.
+    app.register_blueprint(docs_page)
+    app.register_blueprint(dashboard)
     app.register_error_handler(Exception, handle_unexpected)
     app.register_error_handler(DatabaseError, handle_database_error)
     app.register_error_handler(WriterBusy, handle_database_error)
