@@ -11,7 +11,6 @@ import os
 import threading
 import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
 
 from peewee import IntegrityError
 
@@ -133,7 +132,8 @@ class Writer:
                 tickets = None
         if tickets is not None:
             try:
-                insert_all(tickets, self.across)
+                with self.across:
+                    insert_all(tickets)
             finally:
                 self.release(stored=tickets)
         if ticket.error is not None:
@@ -263,19 +263,13 @@ class WriteInterrupted(Exception):
     """The thread inserting queued rows stopped before it reached them."""
 
 
-def insert_all(tickets, across=None):
+def insert_all(tickets):
     """Each ticket's rows completed and inserted: the tickets of a model
     together, in statements of up to ADD_CHUNK rows that never split a
     ticket. When a shared statement breaks a constraint (a log of an
     instance deleted meanwhile), its tickets are tried one by one, so only
     the one at fault fails; any other error (a busy or full file) is every
-    one's. Errors are kept on the tickets, to be raised in their threads.
-
-    The rows are completed (ids, defaults) before `across` (the lock that
-    the processes writing the file share) is taken, and only stamped with
-    the time under it: what one process does under it, the others wait
-    for. Every row of the group gets the same created_at (and updated_at);
-    their ids, made in the order of the queue, keep them in order."""
+    one's. Errors are kept on the tickets, to be raised in their threads."""
     statements, filling = [], {}   # model: (its statement being filled, its row count)
     for ticket in tickets:
         try:
@@ -289,41 +283,25 @@ def insert_all(tickets, across=None):
             statements.append(group)
         group.append(ticket)
         filling[ticket.model] = group, count + len(ticket.rows)
-    with across or NO_LOCK:
-        stamp(statements, datetime.now(timezone.utc))
-        for group in statements:
-            insert_group(group)
-
-
-def stamp(statements, now):
     for group in statements:
-        for ticket in group:
-            for row in ticket.rows:
-                row["created_at"] = now
-                if "updated_at" in row:
-                    row["updated_at"] = now
-
-
-def insert_group(group):
-    """One statement for the tickets of `group` (see insert_all)."""
-    try:
-        group[0].model.insert_rows([row for ticket in group for row in ticket.rows])
-    except IntegrityError as exc:
-        if len(group) == 1:
-            group[0].error = exc
-            return
-        for ticket in group:
-            try:
-                ticket.model.insert_rows(ticket.rows)
+        try:
+            group[0].model.insert_rows([row for ticket in group for row in ticket.rows])
+        except IntegrityError as exc:
+            if len(group) == 1:
+                group[0].error = exc
+                continue
+            for ticket in group:
+                try:
+                    ticket.model.insert_rows(ticket.rows)
+                    ticket.error = None
+                except IntegrityError as alone:
+                    ticket.error = alone
+        except Exception as exc:
+            for ticket in group:
+                ticket.error = exc
+        else:
+            for ticket in group:
                 ticket.error = None
-            except IntegrityError as alone:
-                ticket.error = alone
-    except Exception as exc:
-        for ticket in group:
-            ticket.error = exc
-    else:
-        for ticket in group:
-            ticket.error = None
 
 
 def write(atomic=True):
