@@ -16,7 +16,7 @@ from playhouse.cysqlite_ext import CySqliteDatabase
 from playhouse.pool import PooledPostgresqlDatabase
 
 from storage import db
-from storage.writes import AdvisoryLock, FileLock, Writer, WriterBusy
+from storage.writes import Writer, WriterBusy
 
 # WAL lets readers run beside the one writer. synchronous=NORMAL skips the
 # fsync on each commit in WAL mode: a crash of the process loses nothing
@@ -119,7 +119,6 @@ class ThreadSqliteDatabase(CySqliteDatabase):
             conn.rollback()
 
     def close_all(self):
-        self.writer.across.close()
         with self._opened_lock:
             opened, self._opened = self._opened, set()
         for conn in opened:
@@ -150,10 +149,7 @@ def open_sqlite(path, busy_timeout=5.0, synchronous="NORMAL"):
         path, pragmas=sqlite_pragmas(synchronous, busy_timeout), lock_type="IMMEDIATE",
         rank_functions=False,   # full-text ranking; nothing here searches that way
     )
-    # Every process writing the file takes the lock in PATH-writer first
-    # (FileLock: writes then commit in the order of their timestamps).
-    memory = path in ("", ":memory:") or path.startswith("file::memory:")
-    database.writer = Writer(busy_timeout, across=None if memory else FileLock(f"{path}-writer"))
+    database.writer = Writer(busy_timeout)
     database.shapes = {}
     database.text_timestamps = True
     # SQLite's own lower() and LIKE fold ASCII only; `q` should find "Écran"
@@ -176,9 +172,8 @@ def open_postgres(url, busy_timeout=5.0):
     # Writers still queue in the process: appends to one busy instance all
     # lock its row, and waiting on a Python lock measured cheaper than
     # waiting on PostgreSQL's (bench/run.py --scaling, POST log, 2 workers,
-    # one session: 466 req/s queued, 332-371 without). Across processes and
-    # hosts, an advisory lock (AdvisoryLock: commits in timestamp order).
-    database.writer = Writer(busy_timeout, across=AdvisoryLock())
+    # one session: 466 req/s queued, 332-371 without).
+    database.writer = Writer(busy_timeout)
     database.shapes, database.readers = {}, {}
     database.text_timestamps = False
     # jsonb keeps numbers as NUMERIC and writes 1e20 back as 100000000000000000000;

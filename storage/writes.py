@@ -1,13 +1,9 @@
-"""The write path: one writer at a time within a process, and across the
-processes writing one SQLite file; the inserts that threads queue meanwhile
-stored together (group commit).
+"""The write path: one writer at a time within a process, and the inserts
+that threads queue meanwhile stored together (group commit).
 
 Not here: what a row holds (models.py) or how the engine is opened
 (engines).
 """
-import ctypes
-import fcntl
-import os
 import threading
 import time
 from contextlib import contextmanager
@@ -40,18 +36,11 @@ class Writer:
     false): each statement is atomic on both engines, and BEGIN and COMMIT
     would be two more statements, each giving up the GIL twice on SQLite.
     Inside another write it is part of that write's transaction.
-
-    `across` (a FileLock, on SQLite) is taken inside the process's lock, by
-    the outermost write only: the processes writing one file then write one
-    at a time too, in the order they get it, and a write's timestamps
-    (taken under both locks) follow the order of the commits whichever
-    process makes them (see FileLock).
     """
 
-    def __init__(self, timeout, across=None):
+    def __init__(self, timeout):
         self.timeout = timeout
         self.lock = threading.RLock()
-        self.across = across or NO_LOCK
         self.owner = None
         # Inserts waiting for the lock (`combined`), and the condition their
         # threads wait on: for the lock to come free, or for a holder of it
@@ -67,17 +56,11 @@ class Writer:
             raise WriterBusy(f"no write lock within {self.timeout:g} s")
         outer, self.owner = self.owner, threading.get_ident()
         try:
-            if outer is None:
-                self.across.acquire()
-            try:
-                if atomic:
-                    with db.atomic():
-                        yield
-                else:
+            if atomic:
+                with db.atomic():
                     yield
-            finally:
-                if outer is None:
-                    self.across.release()
+            else:
+                yield
         finally:
             self.owner = outer
             self.release()
@@ -132,119 +115,12 @@ class Writer:
                 tickets = None
         if tickets is not None:
             try:
-                with self.across:
-                    insert_all(tickets)
+                insert_all(tickets)
             finally:
                 self.release(stored=tickets)
         if ticket.error is not None:
             raise ticket.error
         return ticket.rows
-
-
-class FileLock:
-    """A lock that the processes writing one SQLite file share: an flock(2)
-    on a file beside it (`path`), opened by each process for itself (a
-    lock belongs to an open file, and a file opened before a fork would be
-    one lock for parent and child). The kernel drops it when its holder
-    dies, and wakes a waiter as soon as it is let go.
-
-    Why: a new row's created_at is taken before its INSERT. Within one
-    process both happen under the writer lock, so rows are committed in the
-    order of their timestamps; across worker processes, one process could
-    stamp a log, and another stamp and commit a later one before the first
-    was committed: a reader whose `after` cursor had moved past the second
-    would never see the first (tests/test_engines.py). SQLite's own lock is
-    taken only by the INSERT, after the stamp, and its busy handler polls
-    (1, 2, 5 ms and growing) where this lock's waiter is woken at once.
-
-    Free, it is taken and let go without giving up the GIL (flock through
-    ctypes.PyDLL, a call of a microsecond or two): under load each hand-off
-    of the GIL is a wait behind the other threads (bench/README.md). Only a
-    waiter gives it up. A waiter waits for one holder's write, which its
-    busy timeout bounds; there is no timeout of its own."""
-
-    def __init__(self, path):
-        self.path, self.fd = path, None
-        os.register_at_fork(after_in_child=self.forget)
-
-    def acquire(self):
-        if self.fd is None:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        if _flock(self.fd, LOCK_EX_NB) != 0:
-            fcntl.flock(self.fd, fcntl.LOCK_EX)   # taken by another process: wait
-
-    def release(self):
-        _flock(self.fd, fcntl.LOCK_UN)
-
-    def forget(self):
-        """In a forked child: its parent's file is not this process's lock."""
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-    def close(self):
-        """Close this process's file (between tests, at shutdown)."""
-        self.forget()
-
-    def __enter__(self):
-        self.acquire()
-
-    def __exit__(self, *exc):
-        self.release()
-
-
-class AdvisoryLock:
-    """PostgreSQL: what FileLock is on SQLite, for every process and host
-    writing one database: a session advisory lock, taken on the writing
-    thread's connection and let go once the write is committed. Waiting
-    for it counts towards lock_timeout (the busy timeout), so a writer
-    waits no longer for it than for a row lock: then 503."""
-
-    KEY = 0x696E7374616E6365   # "instance" in ASCII; any constant would do
-
-    def acquire(self):
-        db.execute_sql("SELECT pg_advisory_lock(%s)", (self.KEY,))
-
-    def release(self):
-        db.execute_sql("SELECT pg_advisory_unlock(%s)", (self.KEY,))
-
-    def close(self):
-        pass
-
-    def __enter__(self):
-        self.acquire()
-
-    def __exit__(self, *exc):
-        self.release()
-
-
-class NoLock:
-    """In place of a FileLock where no other process can write (an
-    in-memory database)."""
-
-    def acquire(self):
-        pass
-
-    def release(self):
-        pass
-
-    def close(self):
-        pass
-
-    def __enter__(self):
-        pass
-
-    def __exit__(self, *exc):
-        pass
-
-
-NO_LOCK = NoLock()
-# flock(2) called holding the GIL (PyDLL): a free lock is a system call of a
-# microsecond, not worth a hand-off of the GIL.
-# (Without argtypes: ints go as C ints anyway, and converting through them
-# costs a microsecond a call.)
-_flock = ctypes.PyDLL(None).flock
-LOCK_EX_NB = fcntl.LOCK_EX | fcntl.LOCK_NB
 
 
 class Insert:
