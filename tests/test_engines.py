@@ -338,3 +338,58 @@ def state(pid):
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "gone"
+
+
+def test_a_cursor_reader_sees_every_log_two_workers_write(tmp_path, figures):
+    """Logs are committed in the order of their (created_at, id), whichever
+    worker writes them, so a reader that moves its `after` cursor to the
+    last log it got misses none: a log stamped before another but committed
+    after it would fall behind the cursor for good."""
+    server = Server(tmp_path, "--workers", "2")
+    try:
+        instance = call(server.url, "POST", "/api/instances", BOX).get_json()["id"]
+        logs = f"/api/instances/{instance}/logs"
+        first = call(server.url, "POST", logs, {"log_type": "system", "message": "start"})
+        written, lock, done = {first.get_json()["id"]}, threading.Lock(), threading.Event()
+
+        def append(n):
+            conn = connect(server.url)
+            try:
+                for i in range(60):
+                    reply = send(conn, "POST", logs, {"log_type": "system", "message": f"{n}.{i}"})
+                    assert reply.status_code == 201, reply.get_data(as_text=True)
+                    with lock:
+                        written.add(reply.get_json()["id"])
+            finally:
+                conn.close()
+
+        seen, cursor = [first.get_json()["id"]], first.get_json()["id"]
+
+        def tail():
+            nonlocal cursor
+            conn = connect(server.url)
+            try:
+                while True:
+                    finished = done.is_set()
+                    page = send(conn, "GET", f"{logs}?after={cursor}&limit=1000").get_json()
+                    seen.extend(row["id"] for row in page)
+                    cursor = seen[-1]
+                    if finished and not page:
+                        return
+            finally:
+                conn.close()
+
+        reader = threading.Thread(target=tail)
+        reader.start()
+        writers = [threading.Thread(target=append, args=(n,)) for n in range(12)]
+        for thread in writers:
+            thread.start()
+        for thread in writers:
+            thread.join()
+        done.set()
+        reader.join(30)
+        figures(written=len(written), seen=len(seen))
+        assert len(seen) == len(set(seen)), "a log was read twice"
+        assert set(seen) == written, f"{len(written - set(seen))} logs fell behind the cursor"
+    finally:
+        assert server.stop(signal.SIGTERM) == 0
