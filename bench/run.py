@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import peer  # noqa: E402
 from app import DEFAULTS  # noqa: E402
-from server import worker_count  # noqa: E402
+from workers import worker_count  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

@@ -247,13 +247,13 @@ def test_a_migration_runs_in_place_on_this_engine(client, instance):
 # -- how many workers ----------------------------------------------------------
 
 def test_the_default_is_one_worker_per_cpu_at_most_8(monkeypatch):
-    import server
+    import workers
 
-    monkeypatch.setattr(server, "usable_cpus", lambda: 2)
-    assert server.worker_count(0) == 2
-    monkeypatch.setattr(server, "usable_cpus", lambda: 64)
-    assert server.worker_count(0) == 8
-    assert server.worker_count(3) == 3   # a number given is taken as it is
+    monkeypatch.setattr(workers, "usable_cpus", lambda: 2)
+    assert workers.worker_count(0) == 2
+    monkeypatch.setattr(workers, "usable_cpus", lambda: 64)
+    assert workers.worker_count(0) == 8
+    assert workers.worker_count(3) == 3   # a number given is taken as it is
 
 
 @pytest.mark.parametrize("value, workers", [("auto", 0), ("0", 0), ("1", 1), (" 12 ", 12)])
@@ -270,9 +270,9 @@ def test_a_negative_worker_count_is_refused_at_start(tmp_path):
 
 
 def test_the_start_up_line_says_how_many_processes(tmp_path):
-    import server as serving
+    import workers
 
-    expected = serving.worker_count(0)
+    expected = workers.worker_count(0)
     server = Server(tmp_path)
     try:
         assert server.output.count("Listening on") == 1
@@ -295,6 +295,7 @@ FAILING_WORKERS = """
 import sys
 sys.path.insert(0, sys.argv.pop(1))
 import server
+import workers
 from peewee import OperationalError
 
 
@@ -302,7 +303,7 @@ def unreachable():   # the parent opened the database; its workers cannot
     raise OperationalError("unable to open database file")
 
 
-server.check_database = unreachable
+workers.check_database = unreachable
 sys.exit(server.main(sys.argv[1:]))
 """
 
