@@ -147,7 +147,11 @@ def insert_all(tickets):
     the one at fault fails; any other error (a busy or full file) is every
     one's. Errors are kept on the tickets, to be raised in their threads."""
     statements, filling = [], {}   # model: (its statement being filled, its row count)
-    for ticket in tickets:
+    # In the order of what the rows share (a log's instance), arrival order
+    # among equals: on PostgreSQL each log locks its instance's row until
+    # the end of the transaction (models.LOG_TRIGGERS), and two processes
+    # locking two instances in opposite orders would deadlock.
+    for ticket in sorted(tickets, key=lambda ticket: sorted(ticket.shared.items())):
         try:
             ticket.rows = ticket.model.completed(ticket.rows, ticket.shared)
         except Exception as exc:
