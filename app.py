@@ -24,6 +24,7 @@ from werkzeug.utils import cached_property
 
 import loglines
 import migrations
+import models
 from routes import BLUEPRINTS
 from routes.access import load_tokens, protected, require_token
 from routes.docs import HttpDocs, assets
@@ -42,6 +43,9 @@ DEFAULTS = {
     "PORT": 8080,
     "THREADS": 8,
     "WORKERS": 1,
+    # Requests of a process that may wait for a new log at once (CONTRACT
+    # 3.3); None: half the threads. 0: none waits.
+    "MAX_WAITS": None,
     "MAX_BODY_BYTES": 1 << 20,
     "MAX_HEADER_BYTES": 64 << 10,
     "BUSY_TIMEOUT": 5.0,
@@ -241,6 +245,21 @@ def synchronous(value):
     return text
 
 
+def waits(value):
+    """MAX_WAITS: a count from 0, or nothing (None or empty) for the default."""
+    if value is None or str(value).strip() == "":
+        return None
+    if isinstance(value, (bool, float)):
+        raise ValueError(value)
+    number = int(value)
+    if number < 0:
+        raise ValueError(value)
+    return number
+
+
+waits.__name__ = "count of waits (0 or more)"
+
+
 def positive(kind):
     def convert(value):
         number = kind(value)
@@ -253,7 +272,7 @@ def positive(kind):
 
 SETTING_TYPES = {
     "DATABASE": str, "DATABASE_URL": str, "HOST": str, "PORT": int,
-    "THREADS": positive(int), "WORKERS": positive(int),
+    "THREADS": positive(int), "WORKERS": positive(int), "MAX_WAITS": waits,
     "MAX_BODY_BYTES": positive(int), "MAX_HEADER_BYTES": positive(int),
     "BUSY_TIMEOUT": positive(float), "SYNCHRONOUS": synchronous,
     "CHANNEL_TIMEOUT": positive(int), "CONNECTION_LIMIT": positive(int),
@@ -273,6 +292,9 @@ def coerce_settings(config):
             raise ValueError(f"INSTANCES_{key} (or the {key} setting) is not a valid "
                              f"{kind.__name__}: {shown}") from None
     config["MAX_CONTENT_LENGTH"] = config["MAX_BODY_BYTES"]
+    if config["MAX_WAITS"] is None:
+        # Half the threads: the other half keeps serving everything else.
+        config["MAX_WAITS"] = config["THREADS"] // 2
     try:
         config["TOKENS"] = load_tokens(config["API_TOKENS"], config["API_TOKENS_FILE"])
     except (OSError, ValueError) as exc:  # missing, a directory, not UTF-8
@@ -317,6 +339,7 @@ def create_app(config=None):
     migrations.create_tables()
     if app.config["DATABASE"] != ":memory:":
         verify_wal()
+    models.follow_logs(app.config["MAX_WAITS"])
     tokens = app.config["TOKENS"]
 
     if tokens:

@@ -7,6 +7,7 @@ rules live in schemas.py only. Not here: opening either engine, the column
 types, the write and read paths (storage/), and migrations (migrations.py).
 """
 import uuid
+from functools import partial
 
 import orjson
 from peewee import (
@@ -15,7 +16,7 @@ from peewee import (
 )
 
 from storage import db
-from storage.engines import is_sqlite
+from storage.engines import is_sqlite, log_watcher
 from storage.fields import CanonicalUUIDField, ObjectField, UTCDateTimeField, utcnow
 from storage.ids import new_id
 from storage.reads import IndexedBy, Slot, compiled
@@ -201,6 +202,20 @@ class Instance(EditableModel):
             (("updated_at",), False),
         )
 
+    @classmethod
+    def log_counts(cls, ids):
+        """{id: log_count} of the instances `ids` that exist: the versions
+        the SQLite log watcher compares (storage.tail), in one query."""
+        return {str(key): count for key, count in
+                cls.select(cls.id, cls.log_count).where(cls.id.in_(ids)).tuples()}
+
+    def delete_instance(self, *args, **kwargs):
+        """Delete the instance (its logs and plans cascade); its live tails
+        answer 404 once that has committed."""
+        deleted = super().delete_instance(*args, **kwargs)
+        db.writer.after_commit(partial(db.tail.touched, str(self.id)))
+        return deleted
+
 
 # In parentheses of its own: PostgreSQL takes an expression in an index only so.
 Instance.add_index(Instance.index(EnclosedNodeList([Instance.sort_key("status")]),
@@ -239,13 +254,16 @@ class InstanceLog(BaseModel):
     def append(cls, instance_id, entries):
         """Insert logs of one instance, all or none; None when there is no
         such instance (the foreign key refuses them). Their instance's
-        log_count and their seq are set in the same statement (LOG_TRIGGERS)."""
+        log_count and their seq are set in the same statement (LOG_TRIGGERS);
+        the instance's live tails in this process wake once it commits."""
         try:
-            return cls.add(entries, instance_id=instance_id)
+            logs = cls.add(entries, instance_id=instance_id)
         except IntegrityError as exc:
             if "foreign key" in str(exc).lower():
                 return None
             raise
+        db.writer.after_commit(partial(db.tail.touched, str(instance_id)))
+        return logs
 
 
 # What the database does as logs are inserted, in the inserting transaction,
@@ -259,7 +277,11 @@ class InstanceLog(BaseModel):
 #   commit in seq order, and a follower that has read up to seq n can never
 #   later find an n - 1 committed behind it (CONTRACT 3.3). created_at could
 #   not promise that: it is stamped before the write lock, and two writers
-#   may commit in the other order.
+#   may commit in the other order;
+# - on PostgreSQL, a NOTIFY with the instance's id on the schema's channel
+#   (LOG_CHANNEL) wakes its live tails in every process when the transaction
+#   commits (storage.tail); a deleted instance notifies too. SQLite's
+#   watcher polls instead.
 # SQLite triggers run per row, so the number is the new log_count. On
 # PostgreSQL the count is updated once per statement, over the inserted rows,
 # after them; the number is taken per row, before it is written: the first
@@ -270,6 +292,8 @@ class InstanceLog(BaseModel):
 # (remembered in a setting local to the transaction, undone with it), which
 # took a batch of 100 logs from 44 to 32 µs a row. Logs are deleted only with
 # their instance.
+LOG_CHANNEL = "'instance_log_' || to_hex(hashtextextended({schema}, 0))"
+POSTGRES_CHANNEL = LOG_CHANNEL.format(schema="TG_TABLE_SCHEMA")
 LOG_TRIGGERS = {
     "sqlite": ["""
         CREATE TRIGGER IF NOT EXISTS instance_log_counted AFTER INSERT ON instance_log
@@ -296,23 +320,39 @@ LOG_TRIGGERS = {
             RETURN NEW;
         END $$""", """
         CREATE OR REPLACE TRIGGER instance_log_sequenced BEFORE INSERT ON instance_log
-        FOR EACH ROW EXECUTE FUNCTION instance_log_sequenced()""", """
+        FOR EACH ROW EXECUTE FUNCTION instance_log_sequenced()""", f"""
         CREATE OR REPLACE FUNCTION instance_log_counted() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
             UPDATE instance SET log_count = log_count + added.n
             FROM (SELECT instance_id, count(*) AS n FROM new_logs GROUP BY instance_id) AS added
             WHERE instance.id = added.instance_id;
+            PERFORM pg_notify({POSTGRES_CHANNEL}, instance_id::text)
+            FROM (SELECT DISTINCT instance_id FROM new_logs) AS added;
             RETURN NULL;
         END $$""", """
         CREATE OR REPLACE TRIGGER instance_log_counted AFTER INSERT ON instance_log
         REFERENCING NEW TABLE AS new_logs FOR EACH STATEMENT
-        EXECUTE FUNCTION instance_log_counted()"""],
+        EXECUTE FUNCTION instance_log_counted()""", f"""
+        CREATE OR REPLACE FUNCTION instance_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM pg_notify({POSTGRES_CHANNEL}, id::text) FROM gone;
+            RETURN NULL;
+        END $$""", """
+        CREATE OR REPLACE TRIGGER instance_deleted AFTER DELETE ON instance
+        REFERENCING OLD TABLE AS gone FOR EACH STATEMENT EXECUTE FUNCTION instance_deleted()"""],
 }
 
 
 def create_triggers():
     for statement in LOG_TRIGGERS["sqlite" if is_sqlite() else "postgresql"]:
         db.execute_sql(statement)
+
+
+def follow_logs(max_waits):
+    """Let up to `max_waits` requests of this process wait for an
+    instance's next log (storage.tail), woken by the logs of every process."""
+    db.tail.configure(max_waits, log_watcher(
+        Instance.log_counts, LOG_CHANNEL.format(schema="current_schema()")))
 
 
 class InstancePlan(EditableModel):

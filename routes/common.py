@@ -19,7 +19,7 @@ from storage.engines import contains_folded, fold, for_write
 from storage.reads import Slot, counted_representations, representations, run
 from routes.idempotency import idempotent
 
-PAGING = ("limit", "offset", "sort", "after")
+PAGING = ("limit", "offset", "sort", "after", "wait")
 MAX_OFFSET = 2**63 - 1
 
 # Filters that are not "column equals value" (a list means "column in

@@ -303,8 +303,10 @@ def undo_log_sequence(counting=True):
     if sqlite:
         db.execute_sql("DROP TRIGGER instance_log_counted")
     else:
-        db.execute_sql("DROP TRIGGER instance_log_sequenced ON instance_log")
-        db.execute_sql("DROP FUNCTION instance_log_sequenced")
+        for trigger, table in (("instance_log_sequenced", "instance_log"),
+                               ("instance_deleted", "instance")):
+            db.execute_sql(f"DROP TRIGGER {trigger} ON {table}")
+            db.execute_sql(f"DROP FUNCTION {trigger}")
         if not counting:
             db.execute_sql("DROP TRIGGER instance_log_counted ON instance_log")
     migrate(SchemaMigrator.from_database(db.obj).drop_column("instance_log", "seq"))
