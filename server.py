@@ -1,4 +1,4 @@
-"""Serving: the `instance-api` command line (serve, openapi, backup),
+"""Serving: the `instance-api` command line (serve, openapi, backup, tail),
 waitress with its framing checks, worker processes sharing one port,
 draining on SIGTERM, and WAL checkpoints.
 
@@ -25,6 +25,7 @@ from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.task import ErrorTask
 
+import logtail
 from app import DEFAULTS, PROBLEM_TYPE, create_app, shown_database
 from loglines import configure_logging
 from migrations import SchemaTooNew
@@ -84,7 +85,7 @@ def parse_args(argv):
         epilog="`instance-api serve [flags]` is the same as `instance-api [flags]`. Other "
                "commands: `instance-api openapi [FILE]` writes the OpenAPI "
                "document; `instance-api backup PATH` copies the database while it is "
-               "in use.")
+               "in use; `instance-api tail INSTANCE_ID` follows an instance's log.")
     parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on, 0 for any free one "
                                                  "(default 8080)")
@@ -104,9 +105,10 @@ def parse_args(argv):
 def main(argv=None):
     """`instance-api [serve] [flags]` serves; `instance-api openapi [FILE]`
     writes the API's OpenAPI document; `instance-api backup PATH` copies the
-    database."""
+    database; `instance-api tail INSTANCE_ID` follows an instance's log as a
+    client of a running server (logtail.py)."""
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"serve": serve, "openapi": write_openapi, "backup": backup}
+    commands = {"serve": serve, "openapi": write_openapi, "backup": backup, "tail": logtail.main}
     if argv[:1] and argv[0] in commands:
         return commands[argv[0]](argv[1:])
     return serve(argv)
