@@ -5,12 +5,14 @@ settings (a bare WSGI callable and a bare Flask route) and two references
 
     python bench/run.py [--sizes small,large] [--rounds 5] [--seconds 3]
     python bench/run.py --scaling [--postgres-url postgresql://...]
+    python bench/run.py --tail-only [--rounds 1] [--seconds 1]
 
-Writes bench/RESULTS.md (medians over rounds), bench/results.png and
-bench/results.json; with --scaling, bench/SCALING.md: GET-by-id and POST-log
-with 1 and 2 worker processes on SQLite and on PostgreSQL. Targets and
-concurrencies are interleaved within each round, so a slow moment of the
-machine spreads over all of them.
+Writes bench/RESULTS.md (medians over rounds, then the live tail's section,
+live_tail.py), bench/results.png and bench/results.json; with --scaling,
+bench/SCALING.md: GET-by-id and POST-log with 1 and 2 worker processes on
+SQLite and on PostgreSQL; with --tail-only, prints the live tail's section
+alone. Targets and concurrencies are interleaved within each round, so a
+slow moment of the machine spreads over all of them.
 """
 import argparse
 import json
@@ -33,6 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app import DEFAULTS  # noqa: E402
+import live_tail  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -175,15 +178,21 @@ def main(argv=None):
     parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite RESULTS.md and the chart from results.json")
+    parser.add_argument("--tail-only", action="store_true",
+                        help="measure the live tail only and print its section")
     args = parser.parse_args(argv)
     if args.report_only:
         saved = json.loads((HERE / "results.json").read_text())
         args.threads = saved.get("threads", args.threads)
-        return report(saved["samples"], saved["peak_rss_mb"], args)
+        return report(saved["samples"], saved["peak_rss_mb"], args, saved.get("tail"))
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed: apt-get install wrk (make bench does it)")
     if args.scaling:
         return scaling(args)
+    if args.tail_only:
+        tail = live_tail.measure(start, stop, wrk, args.rounds, args.seconds)
+        print("\n".join(live_tail.section(tail)))
+        return None
 
     threads = str(args.threads)
     ceilings = {kind: start([sys.executable, str(HERE / "ceilings.py"), kind, "0", threads])
@@ -223,7 +232,8 @@ def main(argv=None):
     finally:
         for proc, _ in ceilings.values():
             stop(proc)
-    report(samples, rss, args)
+    tail = live_tail.measure(start, stop, wrk, args.rounds, args.seconds)
+    report(samples, rss, args, tail)
 
 
 def scaling(args):
@@ -300,10 +310,11 @@ def medians(samples):
     } for key, runs in table.items()}
 
 
-def report(samples, rss, args):
+def report(samples, rss, args, tail=None):
     table = medians(samples)
     (HERE / "results.json").write_text(json.dumps(
-        {"samples": samples, "peak_rss_mb": rss, "threads": args.threads}, indent=1))
+        {"samples": samples, "peak_rss_mb": rss, "threads": args.threads, "tail": tail},
+        indent=1))
     machine = (f"{platform.node()}: {os.cpu_count()} CPUs, {platform.machine()}, "
                f"Python {platform.python_version()}, load generator (wrk -t2) on the same host")
     lines = [
@@ -327,6 +338,7 @@ def report(samples, rss, args):
     lines += ["", "Peak RSS of the service: " + ", ".join(
         f"{size} {mb} MB" for size, mb in rss.items()), ""]
     lines += targets_met(table, rss)
+    lines += ["", *live_tail.section(tail)]
     (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
     chart(table)
     print("\n".join(lines))
