@@ -228,6 +228,15 @@ class Server:
             self.proc.send_signal(sig)
         return self.proc.wait(timeout)
 
+    def close(self):
+        """At teardown: SIGTERM, which the parent of --workers passes on to
+        its workers (a SIGKILL would leave them serving, orphaned), then
+        SIGKILL if it is not gone within 10 s."""
+        try:
+            self.stop(signal.SIGTERM)
+        except subprocess.TimeoutExpired:
+            self.stop(signal.SIGKILL)
+
 
 def clean_environment():
     """The caller's environment without INSTANCES_* settings."""
@@ -269,8 +278,7 @@ def start_server(tmp_path):
         return srv
     yield start
     for srv in started:
-        if srv.proc.poll() is None:
-            srv.stop(signal.SIGKILL)
+        srv.close()
 
 
 # The log triggers of schema versions 5 to 7: the count alone, no seq.
@@ -327,5 +335,4 @@ def close_connections():
 def server(tmp_path):
     srv = Server(tmp_path)
     yield srv
-    if srv.proc.poll() is None:
-        srv.stop(signal.SIGKILL)
+    srv.close()
