@@ -24,6 +24,7 @@ from werkzeug.utils import cached_property
 
 import loglines
 import migrations
+import models
 from routes import BLUEPRINTS
 from routes.access import load_tokens, protected, require_token
 from routes.docs import HttpDocs, page as docs_page
@@ -43,9 +44,12 @@ DEFAULTS = {
     "PORT": 8080,
     "THREADS": 8,
     # Server processes sharing the port; 0 is one per CPU this process may
-    # use, at most 8 (server.worker_count). Read by `instance-api serve`
+    # use, at most 8 (workers.worker_count). Read by `instance-api serve`
     # only: an app embedded elsewhere is served as its host decides.
     "WORKERS": 0,
+    # Requests of a process that may wait for a new log at once (CONTRACT
+    # 3.3); None: half the threads. 0: none waits.
+    "MAX_WAITS": None,
     "MAX_BODY_BYTES": 1 << 20,
     "MAX_HEADER_BYTES": 64 << 10,
     "BUSY_TIMEOUT": 5.0,
@@ -245,8 +249,8 @@ def synchronous(value):
     return text
 
 
-def workers(value):
-    """0 or "auto" (one per CPU, server.worker_count), else how many."""
+def workers_setting(value):
+    """0 or "auto" (one per CPU, workers.worker_count), else how many."""
     if str(value).strip().lower() == "auto":
         return 0
     number = int(value)
@@ -255,7 +259,22 @@ def workers(value):
     return number
 
 
-workers.__name__ = "worker count (a number, 0 or auto for one per CPU)"
+workers_setting.__name__ = "worker count (a number, 0 or auto for one per CPU)"
+
+
+def waits(value):
+    """MAX_WAITS: a count from 0, or nothing (None or empty) for the default."""
+    if value is None or str(value).strip() == "":
+        return None
+    if isinstance(value, (bool, float)):
+        raise ValueError(value)
+    number = int(value)
+    if number < 0:
+        raise ValueError(value)
+    return number
+
+
+waits.__name__ = "count of waits (0 or more)"
 
 
 def positive(kind):
@@ -270,7 +289,7 @@ def positive(kind):
 
 SETTING_TYPES = {
     "DATABASE": str, "DATABASE_URL": str, "HOST": str, "PORT": int,
-    "THREADS": positive(int), "WORKERS": workers,
+    "THREADS": positive(int), "WORKERS": workers_setting, "MAX_WAITS": waits,
     "MAX_BODY_BYTES": positive(int), "MAX_HEADER_BYTES": positive(int),
     "BUSY_TIMEOUT": positive(float), "SYNCHRONOUS": synchronous,
     "CHANNEL_TIMEOUT": positive(int), "CONNECTION_LIMIT": positive(int),
@@ -290,6 +309,9 @@ def coerce_settings(config):
             raise ValueError(f"INSTANCES_{key} (or the {key} setting) is not a valid "
                              f"{kind.__name__}: {shown}") from None
     config["MAX_CONTENT_LENGTH"] = config["MAX_BODY_BYTES"]
+    if config["MAX_WAITS"] is None:
+        # Half the threads: the other half keeps serving everything else.
+        config["MAX_WAITS"] = config["THREADS"] // 2
     try:
         config["TOKENS"] = load_tokens(config["API_TOKENS"], config["API_TOKENS_FILE"])
     except (OSError, ValueError) as exc:  # missing, a directory, not UTF-8
@@ -334,6 +356,7 @@ def create_app(config=None):
     migrations.create_tables()
     if app.config["DATABASE"] != ":memory:":
         verify_wal()
+    models.follow_logs(app.config["MAX_WAITS"])
     tokens = app.config["TOKENS"]
 
     if tokens:

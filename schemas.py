@@ -9,6 +9,7 @@ as in the contract's tables; `<Noun>QuerySchema` is the list query.
 A schema's own `EXAMPLE` is published with it in the OpenAPI document; the
 tests check that each one passes its schema.
 """
+import re
 from datetime import timezone
 
 import orjson
@@ -29,6 +30,8 @@ INT32 = validate.Range(-(2**31), 2**31 - 1)
 SERVER_SET = frozenset(("id", "instance_id", "created_at", "updated_at",
                         "started_at", "completed_at"))
 BATCH_MAX = 1000
+# The longest a log list may wait for a new log (CONTRACT 3.3), in seconds.
+WAIT_MAX = 30
 
 
 def not_blank(value):
@@ -149,6 +152,20 @@ class Timestamp(fields.AwareDateTime):
             return moment.astimezone(timezone.utc)
         except OverflowError:  # 0001-01-01T00:00:00+01:00 is before year 1 in UTC
             raise self.make_error("invalid") from None
+
+
+class Seconds(fields.Float):
+    """A number of seconds written as a JSON number (25, 0.5, 2.5e1): no
+    underscores, spaces, signs before a dot or infinities, which float()
+    would take."""
+
+    NUMBER = re.compile(r"-?\d+(\.\d+)?([eE][+-]?\d+)?")
+    default_error_messages = {"invalid": "Not a number of seconds; send e.g. 25 or 0.5."}
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, str) or not self.NUMBER.fullmatch(value):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
 
 
 class Sort(DelimitedList):
@@ -371,13 +388,32 @@ class LogQuerySchema(ListQuerySchema):
     min_level = Enum(LOG_LEVELS)
     since = Timestamp()
     until = Timestamp()
-    after = fields.UUID()
+    after = fields.UUID(metadata={"description": (
+        "The id of the last log you have: the list is then the logs committed after it, in "
+        "the order they were committed (oldest first). Follow the next link, or send the "
+        "last id you received, and you see every log once.")})
+    wait = Seconds(validate=validate.Range(0, WAIT_MAX), metadata={"description": (
+        f"With `after`: when no log matching the other filters follows the cursor, hold the "
+        f"request up to this many seconds (0 to {WAIT_MAX}, decimals allowed) and answer "
+        "with the new logs as soon as one is committed, by any process; at the deadline, "
+        "answer `[]`. A deleted instance ends the wait with 404. A server already holding "
+        "its most waiting requests (INSTANCES_MAX_WAITS) answers at once, as does one "
+        "that is stopping.")})
     sort = Sort(("created_at", "level"))
 
     @validates_schema
     def after_has_its_own_order(self, data, **kwargs):
         if "after" in data and "sort" in data:
             raise ValidationError("A list with after is oldest first; leave out sort.", "sort")
+
+    @validates_schema
+    def wait_follows_a_cursor(self, data, **kwargs):
+        # 3.3: a wait is for the logs after one you have.
+        if "wait" in data and "after" not in data:
+            raise ValidationError("wait needs after=<the id of the last log you have>.", "wait")
+        if "wait" in data and data.get("limit") == 0:
+            raise ValidationError("A page of limit=0 never has a log to wait for; "
+                                  "send limit=1 or more.", "wait")
 
 
 # -- plans -------------------------------------------------------------------

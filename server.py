@@ -1,4 +1,4 @@
-"""Serving: the `instance-api` command line (serve, openapi, backup),
+"""Serving: the `instance-api` command line (serve, openapi, backup, tail),
 waitress with its framing checks, draining on SIGTERM, and WAL checkpoints.
 
 Not here: the application itself (app.py), the worker processes
@@ -23,6 +23,7 @@ from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.task import ErrorTask
 
+import logtail
 from app import DEFAULTS, PROBLEM_TYPE, create_app, shown_database
 from loglines import configure_logging
 from storage import db
@@ -81,7 +82,7 @@ def parse_args(argv):
         epilog="`instance-api serve [flags]` is the same as `instance-api [flags]`. Other "
                "commands: `instance-api openapi [FILE]` writes the OpenAPI "
                "document; `instance-api backup PATH` copies the database while it is "
-               "in use.")
+               "in use; `instance-api tail INSTANCE_ID` follows an instance's log.")
     parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on, 0 for any free one "
                                                  "(default 8080)")
@@ -102,9 +103,10 @@ def parse_args(argv):
 def main(argv=None):
     """`instance-api [serve] [flags]` serves; `instance-api openapi [FILE]`
     writes the API's OpenAPI document; `instance-api backup PATH` copies the
-    database."""
+    database; `instance-api tail INSTANCE_ID` follows an instance's log as a
+    client of a running server (logtail.py)."""
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"serve": serve, "openapi": write_openapi, "backup": backup}
+    commands = {"serve": serve, "openapi": write_openapi, "backup": backup, "tail": logtail.main}
     if argv[:1] and argv[0] in commands:
         return commands[argv[0]](argv[1:])
     return serve(argv)
@@ -195,6 +197,12 @@ def make_server(app, **where):
     return server
 
 
+# How often the serving loop looks at whether it was told to stop: a
+# SIGTERM answers the requests waiting for a log within about this long
+# (CONTRACT 3.3: promptly), then the others finish (drain).
+STOP_CHECK_INTERVAL = 0.2
+
+
 def run(server, cfg):
     """The serving loop of one process, until SIGTERM or SIGINT."""
     stopping = threading.Event()
@@ -205,7 +213,11 @@ def run(server, cfg):
     checkpoints.start()
     try:
         while not stopping.is_set():
-            wasyncore.loop(timeout=0.5, map=server._map, use_poll=True, count=1)
+            wasyncore.loop(timeout=STOP_CHECK_INTERVAL, map=server._map, use_poll=True,
+                           count=1)
+        # Requests waiting for a log answer now with what they have, rather
+        # than hold the drain until their deadline.
+        db.tail.shutdown()
         drain(server, deadline=time.monotonic() + 8)
     finally:
         server.close()

@@ -6,6 +6,7 @@ and a peer (PocketBase, peer.py) seeded with the same rows.
 
     python bench/run.py [--sizes small,large] [--rounds 5] [--seconds 3]
     python bench/run.py --scaling [--postgres-url postgresql://...]
+    python bench/run.py --tail-only [--rounds 1] [--seconds 1]
 
 The service runs twice on each dataset: with `--workers 1`, for every
 operation at 8 and 32 connections against the ceilings and references
@@ -16,9 +17,10 @@ the other operations and concurrency would add time, not information).
 PocketBase, `pocketbase:...`, runs its equivalent of those four at both.
 
 Writes bench/RESULTS.md (medians over rounds, the floors, where PocketBase
-stands), bench/results.png and bench/results.json; with --scaling,
-bench/SCALING.md: GET-by-id and POST-log with 1 and 2 worker processes on
-SQLite and on PostgreSQL. Targets and concurrencies are interleaved within
+stands, then the live tail's section, live_tail.py), bench/results.png and
+bench/results.json; with --scaling, bench/SCALING.md: GET-by-id and POST-log
+with 1 and 2 worker processes on SQLite and on PostgreSQL; with --tail-only,
+prints the live tail's section alone. Targets and concurrencies are interleaved within
 each round, so a slow moment of the machine spreads over all of them.
 """
 import argparse
@@ -46,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import peer  # noqa: E402
 from app import DEFAULTS  # noqa: E402
+import live_tail  # noqa: E402
 from workers import worker_count  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -243,15 +246,21 @@ def main(argv=None):
     parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite RESULTS.md and the chart from results.json")
+    parser.add_argument("--tail-only", action="store_true",
+                        help="measure the live tail only and print its section")
     args = parser.parse_args(argv)
     if args.report_only:
         saved = json.loads((HERE / "results.json").read_text())
         args.threads = saved.get("threads", args.threads)
-        return report(saved["samples"], saved["peak_rss_mb"], args)
+        return report(saved["samples"], saved["peak_rss_mb"], args, saved.get("tail"))
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed: apt-get install wrk (make bench does it)")
     if args.scaling:
         return scaling(args)
+    if args.tail_only:
+        tail = live_tail.measure(start, stop, wrk, args.rounds, args.seconds)
+        print("\n".join(live_tail.section(tail)))
+        return None
 
     threads = str(args.threads)
     workers = worker_count(0)
@@ -315,7 +324,8 @@ def main(argv=None):
     finally:
         for proc, _ in ceilings.values():
             stop(proc)
-    report(samples, rss, args)
+    tail = live_tail.measure(start, stop, wrk, args.rounds, args.seconds)
+    report(samples, rss, args, tail)
 
 
 class Sampler(threading.Thread):
@@ -410,10 +420,11 @@ def medians(samples):
     } for key, runs in table.items()}
 
 
-def report(samples, rss, args):
+def report(samples, rss, args, tail=None):
     table = medians(samples)
     (HERE / "results.json").write_text(json.dumps(
-        {"samples": samples, "peak_rss_mb": rss, "threads": args.threads}, indent=1))
+        {"samples": samples, "peak_rss_mb": rss, "threads": args.threads, "tail": tail},
+        indent=1))
     # Runs before issue 19 kept one figure per size.
     rss = {size: mb if isinstance(mb, dict) else {"one": mb} for size, mb in rss.items()}
     workers = next((mb["workers"] for mb in rss.values() if "workers" in mb), None)
@@ -449,6 +460,7 @@ def report(samples, rss, args):
         for size, mb in rss.items()), ""]
     lines += floors(table, rss)
     lines += peer_table(table, workers)
+    lines += ["", *live_tail.section(tail)]
     (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
     chart(table)
     print("\n".join(lines))

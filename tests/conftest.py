@@ -235,6 +235,15 @@ class Server:
             self.proc.send_signal(sig)
         return self.proc.wait(timeout)
 
+    def close(self):
+        """At teardown: SIGTERM, which the parent of --workers passes on to
+        its workers (a SIGKILL would leave them serving, orphaned), then
+        SIGKILL if it is not gone within 10 s."""
+        try:
+            self.stop(signal.SIGTERM)
+        except subprocess.TimeoutExpired:
+            self.stop(signal.SIGKILL)
+
 
 def clean_environment():
     """The caller's environment without INSTANCES_* settings."""
@@ -276,8 +285,49 @@ def start_server(tmp_path):
         return srv
     yield start
     for srv in started:
-        if srv.proc.poll() is None:
-            srv.stop(signal.SIGKILL)
+        srv.close()
+
+
+# The log triggers of schema versions 5 to 7: the count alone, no seq.
+COUNTING_TRIGGERS = {
+    "sqlite": ["""
+        CREATE TRIGGER instance_log_counted AFTER INSERT ON instance_log
+        BEGIN
+            UPDATE instance SET log_count = log_count + 1 WHERE id = NEW.instance_id;
+        END"""],
+    "postgresql": ["""
+        CREATE OR REPLACE FUNCTION instance_log_counted() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            UPDATE instance SET log_count = log_count + added.n
+            FROM (SELECT instance_id, count(*) AS n FROM new_logs GROUP BY instance_id) AS added
+            WHERE instance.id = added.instance_id;
+            RETURN NULL;
+        END $$"""],
+}
+
+
+def undo_log_sequence(counting=True):
+    """Take the open database back to before schema version 8: no seq, its
+    index or its triggers; the log-count trigger of versions 5 to 7 when
+    `counting`, none otherwise. Call it in a transaction."""
+    from playhouse.migrate import SchemaMigrator, migrate
+
+    db = models.db
+    sqlite = models.is_sqlite()
+    db.execute_sql('DROP INDEX "instance_log_instance_id_seq"')
+    if sqlite:
+        db.execute_sql("DROP TRIGGER instance_log_counted")
+    else:
+        for trigger, table in (("instance_log_sequenced", "instance_log"),
+                               ("instance_deleted", "instance")):
+            db.execute_sql(f"DROP TRIGGER {trigger} ON {table}")
+            db.execute_sql(f"DROP FUNCTION {trigger}")
+        if not counting:
+            db.execute_sql("DROP TRIGGER instance_log_counted ON instance_log")
+    migrate(SchemaMigrator.from_database(db.obj).drop_column("instance_log", "seq"))
+    if counting:
+        for statement in COUNTING_TRIGGERS["sqlite" if sqlite else "postgresql"]:
+            db.execute_sql(statement)
 
 
 def close_connections():
@@ -292,5 +342,4 @@ def close_connections():
 def server(tmp_path):
     srv = Server(tmp_path)
     yield srv
-    if srv.proc.poll() is None:
-        srv.stop(signal.SIGKILL)
+    srv.close()
