@@ -24,9 +24,11 @@ from werkzeug.utils import cached_property
 
 import loglines
 import migrations
+import models
 from routes import BLUEPRINTS
 from routes.access import load_tokens, protected, require_token
-from routes.docs import HttpDocs, assets
+from routes.docs import HttpDocs, page as docs_page
+from routes.ui import blp as dashboard
 from schemas import LogCreateSchema, ProblemSchema
 from storage import db
 from storage.engines import SYNCHRONOUS, open_database, unavailable, verify_wal
@@ -41,7 +43,13 @@ DEFAULTS = {
     "HOST": "127.0.0.1",
     "PORT": 8080,
     "THREADS": 8,
-    "WORKERS": 1,
+    # Server processes sharing the port; 0 is one per CPU this process may
+    # use, at most 8 (workers.worker_count). Read by `instance-api serve`
+    # only: an app embedded elsewhere is served as its host decides.
+    "WORKERS": 0,
+    # Requests of a process that may wait for a new log at once (CONTRACT
+    # 3.3); None: half the threads. 0: none waits.
+    "MAX_WAITS": None,
     "MAX_BODY_BYTES": 1 << 20,
     "MAX_HEADER_BYTES": 64 << 10,
     "BUSY_TIMEOUT": 5.0,
@@ -57,8 +65,8 @@ DEFAULTS = {
     "OPENAPI_VERSION": "3.1.0",
     "OPENAPI_URL_PREFIX": "/api",
     "OPENAPI_JSON_PATH": "openapi.json",
-    "OPENAPI_SWAGGER_UI_PATH": "docs",
-    "OPENAPI_SWAGGER_UI_URL": "/api/docs/assets/",
+    # No OPENAPI_SWAGGER_UI_*: /api/docs is routes/docs.py's page, whose script
+    # is a file (CSP) where flask-smorest's template has an inline one.
     "API_SPEC_OPTIONS": {
         "info": {
             "description": "Records of the remote machines (Ubuntu desktops, browsers, "
@@ -241,6 +249,34 @@ def synchronous(value):
     return text
 
 
+def workers_setting(value):
+    """0 or "auto" (one per CPU, workers.worker_count), else how many."""
+    if str(value).strip().lower() == "auto":
+        return 0
+    number = int(value)
+    if number < 0:
+        raise ValueError(value)
+    return number
+
+
+workers_setting.__name__ = "worker count (a number, 0 or auto for one per CPU)"
+
+
+def waits(value):
+    """MAX_WAITS: a count from 0, or nothing (None or empty) for the default."""
+    if value is None or str(value).strip() == "":
+        return None
+    if isinstance(value, (bool, float)):
+        raise ValueError(value)
+    number = int(value)
+    if number < 0:
+        raise ValueError(value)
+    return number
+
+
+waits.__name__ = "count of waits (0 or more)"
+
+
 def positive(kind):
     def convert(value):
         number = kind(value)
@@ -253,7 +289,7 @@ def positive(kind):
 
 SETTING_TYPES = {
     "DATABASE": str, "DATABASE_URL": str, "HOST": str, "PORT": int,
-    "THREADS": positive(int), "WORKERS": positive(int),
+    "THREADS": positive(int), "WORKERS": workers_setting, "MAX_WAITS": waits,
     "MAX_BODY_BYTES": positive(int), "MAX_HEADER_BYTES": positive(int),
     "BUSY_TIMEOUT": positive(float), "SYNCHRONOUS": synchronous,
     "CHANNEL_TIMEOUT": positive(int), "CONNECTION_LIMIT": positive(int),
@@ -273,6 +309,9 @@ def coerce_settings(config):
             raise ValueError(f"INSTANCES_{key} (or the {key} setting) is not a valid "
                              f"{kind.__name__}: {shown}") from None
     config["MAX_CONTENT_LENGTH"] = config["MAX_BODY_BYTES"]
+    if config["MAX_WAITS"] is None:
+        # Half the threads: the other half keeps serving everything else.
+        config["MAX_WAITS"] = config["THREADS"] // 2
     try:
         config["TOKENS"] = load_tokens(config["API_TOKENS"], config["API_TOKENS_FILE"])
     except (OSError, ValueError) as exc:  # missing, a directory, not UTF-8
@@ -317,6 +356,7 @@ def create_app(config=None):
     migrations.create_tables()
     if app.config["DATABASE"] != ":memory:":
         verify_wal()
+    models.follow_logs(app.config["MAX_WAITS"])
     tokens = app.config["TOKENS"]
 
     if tokens:
@@ -335,7 +375,10 @@ def create_app(config=None):
         HttpDocs({"Problem": ProblemSchema, "LogCreate": LogCreateSchema})]})
     for blueprint in BLUEPRINTS:
         api.register_blueprint(blueprint)
-    app.register_blueprint(assets)
+    # Pages for browsers, not API: registered beside the Api, so they stay out
+    # of the OpenAPI document.
+    app.register_blueprint(docs_page)
+    app.register_blueprint(dashboard)
     app.register_error_handler(Exception, handle_unexpected)
     app.register_error_handler(DatabaseError, handle_database_error)
     app.register_error_handler(WriterBusy, handle_database_error)

@@ -6,6 +6,7 @@ Not here: the tables themselves (models.py) or opening the database
 (storage.engines).
 """
 import logging
+import time
 
 import orjson
 from peewee import fn
@@ -23,7 +24,7 @@ log = logging.getLogger("instance_api")
 
 # Files written by the first release have the tables but no schema_version.
 FIRST_VERSION = 1
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 class SchemaTooNew(Exception):
@@ -100,12 +101,52 @@ def _labels_and_search(migrator):
     search.fill_indexes()
 
 
+def _sequence_logs(migrator):
+    """logs numbered in the order they were committed (seq)"""
+    # Version 8: each log's seq, its place in its instance's log in commit
+    # order (models.LOG_TRIGGERS). The logs already there are numbered in
+    # the order the `after` cursor read them until now: created_at, then id.
+    # The unique index on (instance_id, seq) comes after, with the other
+    # missing indexes, and the triggers are made again with the seq.
+    migrate(migrator.add_column("instance_log", "seq", InstanceLog.seq))
+    if is_sqlite():
+        db.execute_sql("DROP TRIGGER IF EXISTS instance_log_counted")   # IF NOT EXISTS keeps it
+    number_logs()
+
+
+# Instances whose logs one UPDATE numbers: bounded work per statement, and a
+# progress line between statements on a big table.
+NUMBERING_CHUNK = 1000
+
+
+def number_logs(chunk=NUMBERING_CHUNK):
+    """Set every log's seq: 1, 2, 3... within its instance, in created_at
+    and then id order, a chunk of instances per statement."""
+    total = InstanceLog.select().count()
+    if not total:
+        return
+    log.info("Schema version 8: numbering %d logs in the order of each instance's log", total)
+    ids = [key for key, in Instance.select(Instance.id).order_by(Instance.id).tuples()]
+    done, reported = 0, time.monotonic()
+    for start in range(0, len(ids), chunk):
+        first, last = ids[start], ids[min(start + chunk, len(ids)) - 1]
+        numbered = (InstanceLog.select(InstanceLog.id, fn.row_number().over(
+            partition_by=[InstanceLog.instance],
+            order_by=[InstanceLog.created_at, InstanceLog.id]).alias("n"))
+            .where(InstanceLog.instance.between(first, last)).alias("numbered"))
+        done += (InstanceLog.update(seq=numbered.c.n).from_(numbered)
+                 .where(InstanceLog.id == numbered.c.id).execute())
+        if time.monotonic() - reported > 5 or done == total:
+            log.info("Numbered %d of %d logs (%d%%)", done, total, 100 * done // total)
+            reported = time.monotonic()
+
+
 # MIGRATIONS[n] takes a database at version n - 1 to version n; its
 # docstring is what the log says it does. New tables, indexes and triggers
 # need no entry: create_tables adds whatever is missing (version 4's sort
 # indexes, version 5's log counting trigger).
 MIGRATIONS = {2: _add_plan_tree_and_times, 3: _count_logs_per_instance, 4: _canonical_json,
-              6: _canonical_uuids, 7: _labels_and_search}
+              6: _canonical_uuids, 7: _labels_and_search, 8: _sequence_logs}
 
 
 def create_tables():

@@ -163,6 +163,20 @@ class Timestamp(fields.AwareDateTime):
             raise self.make_error("invalid") from None
 
 
+class Seconds(fields.Float):
+    """A number of seconds written as a JSON number (25, 0.5, 2.5e1): no
+    underscores, spaces, signs before a dot or infinities, which float()
+    would take."""
+
+    NUMBER = re.compile(r"-?\d+(\.\d+)?([eE][+-]?\d+)?")
+    default_error_messages = {"invalid": "Not a number of seconds; send e.g. 25 or 0.5."}
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, str) or not self.NUMBER.fullmatch(value):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 class Sort(DelimitedList):
     """`sort=a,-b`: fields from `names`, each ascending or, with a leading
     `-`, descending. Loads as a list of (name, descending) pairs."""

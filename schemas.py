@@ -17,8 +17,8 @@ from marshmallow import (
 from labels import KEY, LabelSelectors, Labels, is_key
 from models import INSTANCE_STATUSES, INSTANCE_TYPES, LOG_LEVELS, PLAN_STATUSES
 from schema_fields import (
-    Enum, EnumList, JSONObject, Moment, Pattern, QueryInteger, Slug, Sort, Text, Timestamp,
-    WholeNumber, not_blank,
+    Enum, EnumList, JSONObject, Moment, Pattern, QueryInteger, Seconds, Slug, Sort, Text,
+    Timestamp, WholeNumber, not_blank,
 )
 
 ENV_KEY = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -29,6 +29,8 @@ INT32 = validate.Range(-(2**31), 2**31 - 1)
 SERVER_SET = frozenset(("id", "instance_id", "created_at", "updated_at",
                         "started_at", "completed_at"))
 BATCH_MAX = 1000
+# The longest a log list may wait for a new log (CONTRACT 3.3), in seconds.
+WAIT_MAX = 30
 
 # For a field whose `_serialize` returns a value of this type as it is, the
 # value is taken without the call: the same output, and most of a read's
@@ -327,13 +329,32 @@ class LogQuerySchema(ListQuerySchema):
     min_level = Enum(LOG_LEVELS)
     since = Timestamp()
     until = Timestamp()
-    after = fields.UUID()
+    after = fields.UUID(metadata={"description": (
+        "The id of the last log you have: the list is then the logs committed after it, in "
+        "the order they were committed (oldest first). Follow the next link, or send the "
+        "last id you received, and you see every log once.")})
+    wait = Seconds(validate=validate.Range(0, WAIT_MAX), metadata={"description": (
+        f"With `after`: when no log matching the other filters follows the cursor, hold the "
+        f"request up to this many seconds (0 to {WAIT_MAX}, decimals allowed) and answer "
+        "with the new logs as soon as one is committed, by any process; at the deadline, "
+        "answer `[]`. A deleted instance ends the wait with 404. A server already holding "
+        "its most waiting requests (INSTANCES_MAX_WAITS) answers at once, as does one "
+        "that is stopping.")})
     sort = Sort(("created_at", "level"))
 
     @validates_schema
     def after_has_its_own_order(self, data, **kwargs):
         if "after" in data and "sort" in data:
             raise ValidationError("A list with after is oldest first; leave out sort.", "sort")
+
+    @validates_schema
+    def wait_follows_a_cursor(self, data, **kwargs):
+        # 3.3: a wait is for the logs after one you have.
+        if "wait" in data and "after" not in data:
+            raise ValidationError("wait needs after=<the id of the last log you have>.", "wait")
+        if "wait" in data and data.get("limit") == 0:
+            raise ValidationError("A page of limit=0 never has a log to wait for; "
+                                  "send limit=1 or more.", "wait")
 
 
 # -- plans -------------------------------------------------------------------

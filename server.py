@@ -1,9 +1,8 @@
-"""Serving: the `instance-api` command line (serve, openapi, backup),
-waitress with its framing checks, worker processes sharing one port,
-draining on SIGTERM, and WAL checkpoints.
+"""Serving: the `instance-api` command line (serve, openapi, backup, tail),
+waitress with its framing checks, draining on SIGTERM, and WAL checkpoints.
 
-Not here: the application itself (app.py) or how log lines are written
-(loglines.py).
+Not here: the application itself (app.py), the worker processes
+(workers.py) or how log lines are written (loglines.py).
 """
 import argparse
 import ipaddress
@@ -11,7 +10,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import sqlite3
 import sys
 import threading
@@ -25,13 +23,13 @@ from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.task import ErrorTask
 
+import logtail
 from app import DEFAULTS, PROBLEM_TYPE, create_app, shown_database
 from loglines import configure_logging
-from migrations import SchemaTooNew
 from storage import db
 from storage.backup import BackupFailed
 from storage.backup import backup as backup_file
-from storage.engines import DatabaseUnfit
+from workers import STARTUP_ERRORS, bind, prefork, worker_count
 
 log = logging.getLogger("instance_api")
 
@@ -84,13 +82,14 @@ def parse_args(argv):
         epilog="`instance-api serve [flags]` is the same as `instance-api [flags]`. Other "
                "commands: `instance-api openapi [FILE]` writes the OpenAPI "
                "document; `instance-api backup PATH` copies the database while it is "
-               "in use.")
+               "in use; `instance-api tail INSTANCE_ID` follows an instance's log.")
     parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on, 0 for any free one "
                                                  "(default 8080)")
     parser.add_argument("--threads", type=int, help="worker threads per process (default 8)")
     parser.add_argument("--workers", type=int,
-                        help="server processes sharing the port (default 1)")
+                        help="server processes sharing the port (default 0: one per CPU, "
+                             "at most 8; 1 serves in this process alone)")
     parser.add_argument("--db", dest="database", help="SQLite file (default instances.db)")
     parser.add_argument("--database-url", help="sqlite:///PATH or "
                         "postgresql://USER@HOST:PORT/DB (wins over --db)")
@@ -104,9 +103,10 @@ def parse_args(argv):
 def main(argv=None):
     """`instance-api [serve] [flags]` serves; `instance-api openapi [FILE]`
     writes the API's OpenAPI document; `instance-api backup PATH` copies the
-    database."""
+    database; `instance-api tail INSTANCE_ID` follows an instance's log as a
+    client of a running server (logtail.py)."""
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"serve": serve, "openapi": write_openapi, "backup": backup}
+    commands = {"serve": serve, "openapi": write_openapi, "backup": backup, "tail": logtail.main}
     if argv[:1] and argv[0] in commands:
         return commands[argv[0]](argv[1:])
     return serve(argv)
@@ -141,30 +141,40 @@ SWITCH_INTERVAL = 0.0005
 
 def serve(argv):
     """Serve the app with waitress until SIGTERM or Ctrl-C, then finish the
-    requests in flight and exit 0. With --workers N, N processes share one
-    listening socket."""
+    requests in flight and exit 0. With several workers (the default: one
+    per CPU, worker_count), they share one listening socket."""
     configure_logging()
     sys.setswitchinterval(SWITCH_INTERVAL)
     try:
         app = create_app(parse_args(argv))
         cfg = app.config
         refuse_open_network(cfg)
-        if cfg["WORKERS"] == 1:
+        workers = worker_count(cfg["WORKERS"])
+        if workers == 1:
             server = make_server(app, host=cfg["HOST"], port=cfg["PORT"])
         else:
             listener = bind(cfg["HOST"], cfg["PORT"])
     # A bad setting, a taken port, an unwritable file, a file from a newer server.
-    except (ValueError, OSError, DatabaseError, SchemaTooNew, DatabaseUnfit) as exc:
+    except STARTUP_ERRORS as exc:
         log.error("Cannot start: %s", exc)
         return 2
-    if cfg["WORKERS"] == 1:
-        log.info("Listening on http://%s:%s with database %s", server.effective_host,
-                 server.effective_port, shown_database(cfg))
+    if workers == 1:
+        announce(server.effective_host, server.effective_port, cfg,
+                 f"1 process, {cfg['THREADS']} threads")
         return run(server, cfg)
-    host, port = listener.getsockname()[:2]
-    log.info("Listening on http://%s:%s with database %s (%d worker processes)",
-             host, port, shown_database(cfg), cfg["WORKERS"])
-    return prefork(app, listener, cfg["WORKERS"])
+
+    def make_worker():
+        server = make_server(app, sockets=[listener])
+        return lambda: run(server, cfg)
+
+    return prefork(listener, workers, make_worker, ready=lambda host, port: announce(
+        host, port, cfg, f"{workers} worker processes, {cfg['THREADS']} threads each"))
+
+
+def announce(host, port, cfg, processes):
+    """The one start-up line, once the server is ready to answer."""
+    log.info("Listening on http://%s:%s with database %s (%s)", host, port,
+             shown_database(cfg), processes)
 
 
 def make_server(app, **where):
@@ -187,6 +197,12 @@ def make_server(app, **where):
     return server
 
 
+# How often the serving loop looks at whether it was told to stop: a
+# SIGTERM answers the requests waiting for a log within about this long
+# (CONTRACT 3.3: promptly), then the others finish (drain).
+STOP_CHECK_INTERVAL = 0.2
+
+
 def run(server, cfg):
     """The serving loop of one process, until SIGTERM or SIGINT."""
     stopping = threading.Event()
@@ -197,69 +213,16 @@ def run(server, cfg):
     checkpoints.start()
     try:
         while not stopping.is_set():
-            wasyncore.loop(timeout=0.5, map=server._map, use_poll=True, count=1)
+            wasyncore.loop(timeout=STOP_CHECK_INTERVAL, map=server._map, use_poll=True,
+                           count=1)
+        # Requests waiting for a log answer now with what they have, rather
+        # than hold the drain until their deadline.
+        db.tail.shutdown()
         drain(server, deadline=time.monotonic() + 8)
     finally:
         server.close()
         server.task_dispatcher.shutdown(timeout=1)
         db.close_all()
-    log.info("Stopped")
-    return 0
-
-
-def bind(host, port):
-    """A listening socket made before the workers fork, so they share it and
-    the kernel spreads connections over them."""
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-    listener = socket.socket(family, kind, proto)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(address)
-    listener.listen(1024)
-    return listener
-
-
-def prefork(app, listener, workers):
-    """Fork `workers` serving processes on `listener` and watch them: one that
-    dies is replaced; SIGTERM or SIGINT is passed on, and each worker
-    finishes its requests in flight before the parent exits 0."""
-    # No connection may cross the fork: each worker opens its own.
-    db.close_all()
-    stopping = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda signum, frame: stopping.set())
-
-    def spawn():
-        pid = os.fork()
-        if pid == 0:  # the worker
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(signum, signal.SIG_DFL)
-            code = 1
-            try:
-                code = run(make_server(app, sockets=[listener]), app.config)
-            finally:
-                logging.shutdown()   # its last lines: os._exit skips this
-                os._exit(code)
-        return pid
-
-    children = {spawn() for _ in range(workers)}
-    while not stopping.is_set():
-        stopping.wait(0.2)
-        pid, status = os.waitpid(-1, os.WNOHANG)
-        if pid and not stopping.is_set():
-            log.warning("Worker %d exited (status %d); starting another", pid, status)
-            children.discard(pid)
-            children.add(spawn())
-    for pid in children:
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    while children and time.monotonic() < deadline:
-        pid, _ = os.waitpid(-1, os.WNOHANG)
-        children.discard(pid)
-        time.sleep(0.05)
-    for pid in children:
-        os.kill(pid, signal.SIGKILL)
-    listener.close()
     log.info("Stopped")
     return 0
 

@@ -4,13 +4,21 @@ cost per request. Run it on a seeded dataset (bench/seed.py):
 
     python bench/profile.py bench/data/small.seed-labels.db            # µs per request
     python bench/profile.py bench/data/small.seed-labels.db get_one    # and its profile
+    python bench/profile.py bench/data/small.seed-labels.db --instructions append_log ...
 
-The database is copied first; the writes go to the copy.
+The database is copied first; the writes go to the copy. --instructions
+counts the CPU instructions of a request under valgrind's callgrind (the
+same from run to run, however busy the machine): the process runs
+uninstrumented up to the measured calls, which callgrind_control switches
+instrumentation on for, and the figure is the instructions of CALLS calls
+(default 200, after as many warm-up calls) divided by CALLS.
 """
 import io
 import os
+import re
 import shutil
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app import create_app  # noqa: E402
 from loglines import configure_logging  # noqa: E402
-from bench.ceilings import bare_flask  # noqa: E402
+from bench.ceilings import bare_flask, flask_insert, flask_query  # noqa: E402
 
 SITE, USER = "5b0c6b52-3c6b-4a55-8f6e-0d7c3a1e9a01", "9d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6"
 LOG = {"log_type": "agent_action", "message": "clicked the button", "details": {"x": 1}}
@@ -62,23 +70,57 @@ def call(app, environ):
     assert statuses[0][0] == "2", (statuses, body[:300])
 
 
+def instructions(source, wanted, calls=200):
+    """Instructions per request of each operation in `wanted`, each in a
+    process of its own under callgrind."""
+    for op in wanted:
+        done = subprocess.run(
+            ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--callgrind-out-file=/dev/null",
+             sys.executable, __file__, source, op, f"--under-callgrind={calls}"],
+            capture_output=True, text=True, check=True)
+        counted = int(re.search(r"Collected : (\d+)", done.stderr).group(1))
+        print(f"{op:16} {counted / calls:12,.0f} instructions/request", flush=True)
+
+
+def toggle_instrumentation(state):
+    subprocess.run(["callgrind_control", "-i", state, str(os.getpid())], check=True,
+                   capture_output=True)
+
+
 def main(source, *wanted):
+    flags = dict(flag.lstrip("-").partition("=")[::2] for flag in wanted if flag.startswith("--"))
+    wanted = [op for op in wanted if not op.startswith("--")]
+    if "instructions" in flags:
+        return instructions(source, wanted, int(flags["instructions"] or 200))
     # As `instance-api serve` logs (one access line per request), but to
     # nowhere: the cost of writing the line is counted, not the terminal's.
     configure_logging(stream=open(os.devnull, "w"))
-    wanted = [op for op in wanted if not op.startswith("--")]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp) / "profile.db"
         shutil.copyfile(source, work)
         app = create_app({"DATABASE": str(work)})
         plan = {op: (app, *how) for op, how in operations(work).items()}
         plan["ceiling_flask"] = (bare_flask(), "GET", "/", None)
+        other = plan["get_one"][2].rsplit("/", 1)[-1]
+        plan["ceiling_flask_query"] = (flask_query(str(work)), "GET", f"/{other}", None)
+        plan["ceiling_flask_insert"] = (flask_insert(str(work)), "POST", f"/{other}", LOG)
         for op, (app, method, path, body) in plan.items():
             if wanted and op not in wanted:
                 continue
             builder = EnvironBuilder(path=path, method=method, json=body)
             environ = builder.get_environ()
             environ["body"] = environ["wsgi.input"].read()
+            # As waitress says of a body it has read whole (app.Request).
+            environ["wsgi.input_terminated"] = True
+            if "under-callgrind" in flags:
+                runs = int(flags["under-callgrind"])
+                for _ in range(runs):
+                    call(app, environ)
+                toggle_instrumentation("on")
+                for _ in range(runs):
+                    call(app, environ)
+                toggle_instrumentation("off")
+                continue
             runs = 20 if op == "batch_ingest" else 2000
             for _ in range(runs // 10):
                 call(app, environ)

@@ -1,6 +1,8 @@
 """Bearer tokens (CONTRACT 2.3): when tokens are configured, every /api
 request needs one, including requests for routes that do not exist, so that
-nobody can discover routes without a token. /healthz stays open."""
+nobody can discover routes without a token. Outside /api nothing needs one
+(/healthz, the dashboard); inside it, only the docs page's shell and its
+assets are open, as they hold no data (3.4)."""
 import hmac
 
 from flask import request
@@ -18,6 +20,11 @@ def load_tokens(listed, path):
 
 
 def protected(path):
+    # 3.4: the docs page's shell and Swagger UI's files hold no data and load
+    # without a token; its script then asks for one, for the document and
+    # every request. The document itself (/api/openapi.json) stays guarded.
+    if path == "/api/docs" or path.startswith("/api/docs/assets/"):
+        return False
     return path == "/api" or path.startswith("/api/")
 
 

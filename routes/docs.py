@@ -1,7 +1,12 @@
 """The API describing itself: what the OpenAPI document says of every route
 (errors, headers, conditional and idempotent requests), and the Swagger UI
 page at /api/docs, whose assets come from the installed swagger-ui-py
-package, so the page works on a machine with no internet."""
+package, so the page works on a machine with no internet.
+
+The page is a shell of ours (routes/static/docs.html) rather than
+flask-smorest's template, whose inline script a Content-Security-Policy
+without 'unsafe-inline' would block; our script (docs.js) asks for the
+token when the server wants one and starts Swagger UI with it (3.4)."""
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -12,14 +17,24 @@ from marshmallow import fields
 
 from schema_fields import JSON_VALUE
 
+from routes.ui import POLICY, page_file, page_headers
+
 # Located without importing the package, which would load handlers for a
 # dozen web frameworks; only its static files are used.
 ASSETS = Path(find_spec("swagger_ui").submodule_search_locations[0]) / "static"
 
-assets = Blueprint("docs_assets", __name__, url_prefix="/api/docs/assets")
+page = Blueprint("docs_page", __name__, url_prefix="/api/docs")
+# Swagger UI's stylesheet draws its icons as data: images.
+page.after_request(page_headers(POLICY + "; img-src 'self' data:"))
 
 
-@assets.route("/<path:filename>")
+@page.get("")
+def docs():
+    # Holds no data, so it loads without a token (routes/access.py).
+    return page_file("docs.html")
+
+
+@page.get("/assets/<path:filename>")
 def asset(filename):
     return send_from_directory(ASSETS, filename, max_age=86400)
 

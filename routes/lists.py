@@ -18,7 +18,7 @@ from models import LOG_LEVELS, Instance
 from storage.reads import Slot, counted_representations, run
 from routes.common import invalid, matching, not_found, noun
 
-PAGING = ("limit", "offset", "sort", "after")
+PAGING = ("limit", "offset", "sort", "after", "wait")
 # Arguments that are not filters: paging, and what counts group by.
 NOT_FILTERS = frozenset((*PAGING, "by"))
 MAX_OFFSET = 2**63 - 1
@@ -160,12 +160,12 @@ def list_response(model, args, instance_id=None, kept_count=None):
     non-paging argument (named after its column, or in FILTERS), with
     X-Total-Count and Link.
 
-    The order is `sort` with newest first as the tie-break, or oldest first
-    after the `after` cursor. `kept_count`, a column of the instance that
-    keeps the number of its rows, is the total of an unfiltered list instead
-    of counting. The count (which for a nested list also tells whether the
-    instance exists) and the page are one statement where the engine allows
-    (storage.reads.counted_representations).
+    The order is `sort` with newest first as the tie-break, or commit order
+    (seq) after the `after` cursor, which only logs take. `kept_count`, a
+    column of the instance that keeps the number of its rows, is the total
+    of an unfiltered list instead of counting. The count (which for a nested
+    list also tells whether the instance exists) and the page are one
+    statement where the engine allows (storage.reads.counted_representations).
     """
     scope = {} if instance_id is None else {"instance": instance_id}
     filtering = Filtering(model, args, scope)
@@ -196,7 +196,7 @@ def list_response(model, args, instance_id=None, kept_count=None):
             return query.limit(Slot("limit")).offset(Slot("offset"))
         query = filtering.where(model.select(), plan.page)
         if after:
-            query = query.where(after_cursor(model, scope)).order_by(model.created_at, model.id)
+            query = query.where(after_cursor(model, scope)).order_by(model.seq)
         else:
             query = query.order_by(*ordering(model, sort))
             if not scope and not filtering.forms:
@@ -236,14 +236,14 @@ def in_list(model, scope, values):
 
 
 def after_cursor(model, scope):
-    """Rows created after the row the cursor marks (the `after` id, in
-    `scope`), as an index range from that row onwards: no offset to skip
-    over, however deep. The marked row's created_at is a subquery of the
-    page's own statement, read once, not a lookup of its own."""
-    created_at = model.created_at
-    mark_at = model.select(model.created_at).where(
+    """Rows committed after the row the cursor marks (the `after` id, in
+    `scope`): a seq past its seq, an index range from that row onwards, with
+    no offset to skip over however deep. Not created_at: a row stamped
+    earlier can commit later (models.LOG_TRIGGERS), and a follower past it
+    would never see it. The marked row's seq is a subquery of the page's own
+    statement, read once, not a lookup of its own."""
+    return model.seq > model.select(model.seq).where(
         *matching(model, scope), model.id == Slot("after"))
-    return (created_at >= mark_at) & ((created_at > mark_at) | (model.id > Slot("after")))
 
 
 def cursor_link(rows):

@@ -1,4 +1,5 @@
-"""/api/instances/{id}/logs: what happened on an instance."""
+"""/api/instances/{id}/logs: what happened on an instance, and its live
+tail: a list after a cursor that waits for the next log (CONTRACT 3.3)."""
 from flask.views import MethodView
 
 from models import Instance, InstanceLog
@@ -6,6 +7,7 @@ from routes.common import Blueprint, created, get_or_404, not_found
 from routes.lists import list_response
 from routes.docs import one_or_many
 from schemas import BATCH_MAX, LogBatchSchema, LogOneOrManySchema, LogQuerySchema, LogSchema
+from storage import db
 
 blp = Blueprint("logs", __name__, url_prefix="/api/instances/<uuid:instance_id>/logs",
                 description="Events of an instance. Logs are immutable once written.")
@@ -16,8 +18,11 @@ class InstanceLogs(MethodView):
     @blp.arguments(LogQuerySchema, location="query")
     @blp.response(200, LogSchema(many=True))
     def get(self, args, instance_id):
-        """List an instance's logs, newest first, or oldest first after a cursor."""
-        return list_response(InstanceLog, args, instance_id, kept_count=Instance.log_count)
+        """List an instance's logs, newest first, or as committed after a cursor (and wait)."""
+        def page():
+            return list_response(InstanceLog, args, instance_id, kept_count=Instance.log_count)
+
+        return held(page, str(instance_id), args["wait"]) if args.get("wait") else page()
 
     @blp.arguments(LogBatchSchema)
     @blp.response(201, LogOneOrManySchema)
@@ -42,3 +47,22 @@ class InstanceLogById(MethodView):
     def get(self, instance_id, log_id):
         """Fetch one log of an instance."""
         return get_or_404(InstanceLog, log_id, instance_id)
+
+
+def held(page, instance_id, seconds):
+    """`page()`, read again each time the instance changes while it is empty,
+    until the wait of `seconds` is over (storage.tail). A page read at the
+    deadline, or when the server stops, is the answer whatever it holds;
+    `page()` itself answers 404 once the instance is deleted."""
+    with db.tail.waiting(instance_id, seconds) as wait:
+        if wait is None:    # past the bound, or stopping: as if wait=0
+            return page()
+        while True:
+            seen = wait.version
+            rows, headers = page()
+            if rows or wait.over():
+                return rows, headers
+            # Asleep with no connection: no pool slot taken (PostgreSQL), no
+            # transaction left open on this thread's connection (SQLite).
+            db.release()
+            wait.sleep(seen)

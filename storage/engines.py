@@ -9,6 +9,7 @@ write path (writes) and the read path (reads).
 """
 import threading
 from contextlib import contextmanager
+from functools import partial
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
@@ -17,6 +18,7 @@ from playhouse.cysqlite_ext import CySqliteDatabase
 from playhouse.pool import PooledPostgresqlDatabase
 
 from storage import db
+from storage.tail import Listening, Polling, Tail
 from storage.writes import Writer, WriterBusy
 
 # WAL lets readers run beside the one writer. synchronous=NORMAL skips the
@@ -95,8 +97,9 @@ class ThreadSqliteDatabase(CySqliteDatabase):
     17% more requests (bench/README.md "Where the time goes"). cysqlite's wheels
     also bring their own SQLite, whatever the system has.
 
-    `release` ends a request; `close_all` closes every thread's connection
-    (at shutdown, before a fork, between tests)."""
+    `release` ends a request; `close_all` stops the log watcher
+    (storage.tail) and closes every thread's connection (at shutdown, before
+    a fork, between tests)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -120,6 +123,7 @@ class ThreadSqliteDatabase(CySqliteDatabase):
             conn.rollback()
 
     def close_all(self):
+        self.tail.stop()
         with self._opened_lock:
             opened, self._opened = self._opened, set()
         for conn in opened:
@@ -137,6 +141,17 @@ class PooledPostgres(PooledPostgresqlDatabase):
         if not self.is_closed():
             self.close()
 
+    def close_all(self):
+        self.tail.stop()
+        super().close_all()
+
+    def unpooled_connection(self):
+        """A psycopg connection of its own, in autocommit: the log watcher's,
+        which LISTENs as long as the process serves (storage.tail)."""
+        import psycopg
+
+        return psycopg.connect(conninfo=self.database, autocommit=True, **self.connect_params)
+
 
 def open_sqlite(path, busy_timeout=5.0, synchronous="NORMAL"):
     """A SQLite database, a connection per thread (ThreadSqliteDatabase).
@@ -151,6 +166,7 @@ def open_sqlite(path, busy_timeout=5.0, synchronous="NORMAL"):
         rank_functions=False,   # full-text ranking; nothing here searches that way
     )
     database.writer = Writer(busy_timeout)
+    database.tail = Tail()
     database.shapes = {}
     database.text_timestamps = True
     # SQLite's own lower() and LIKE fold ASCII only; `q` should find "Écran"
@@ -175,6 +191,7 @@ def open_postgres(url, busy_timeout=5.0):
     # waiting on PostgreSQL's (bench/run.py --scaling, POST log, 2 workers,
     # one session: 466 req/s queued, 332-371 without).
     database.writer = Writer(busy_timeout)
+    database.tail = Tail()
     database.shapes, database.readers = {}, {}
     database.text_timestamps = False
     # jsonb keeps numbers as NUMERIC and writes 1e20 back as 100000000000000000000;
@@ -187,6 +204,17 @@ def open_postgres(url, busy_timeout=5.0):
 
 def is_sqlite():
     return isinstance(db.obj, SqliteDatabase)
+
+
+def log_watcher(versions, channel):
+    """How a process learns of the logs other processes commit, for
+    storage.tail: SQLite polls, reading `versions(instance_ids)` when the
+    file has changed; PostgreSQL LISTENs on `channel` (an SQL expression of
+    its name), which the log-count trigger notifies."""
+    database = db.obj
+    if is_sqlite():
+        return partial(Polling, database=database, versions=versions)
+    return partial(Listening, connect=database.unpooled_connection, channel=channel)
 
 
 def for_write(query):

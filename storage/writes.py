@@ -49,21 +49,32 @@ class Writer:
         # when it is told.
         self.queue = []
         self.inserted = threading.Condition(threading.Lock())
+        # What to do once the outermost write of the lock's owner commits
+        # (after_commit); only the owner touches it.
+        self.on_commit = []
 
     @contextmanager
     def __call__(self, atomic=True):
         if not self.lock.acquire(timeout=self.timeout):
             raise WriterBusy(f"no write lock within {self.timeout:g} s")
         outer, self.owner = self.owner, threading.get_ident()
+        committed = False
         try:
             if atomic:
                 with db.atomic():
                     yield
             else:
                 yield
+            committed = outer is None
         finally:
             self.owner = outer
+            callbacks = ()
+            if outer is None:
+                callbacks, self.on_commit = self.on_commit, []
             self.release()
+        if committed:
+            for callback in callbacks:
+                callback()
 
     def release(self, stored=()):
         """Let go of the lock, after marking the `stored` tickets done."""
@@ -77,6 +88,15 @@ class Writer:
     def held(self):
         """Whether this thread is inside a write."""
         return self.owner == threading.get_ident()
+
+    def after_commit(self, callback):
+        """Call `callback` once what this thread wrote is committed: at once
+        outside a write (a single statement commits as it runs), else when
+        the outermost write ends, and never if it fails."""
+        if self.held():
+            self.on_commit.append(callback)
+        else:
+            callback()
 
     def combined(self, model, rows, shared):
         """Insert `rows` of `model` (as BaseModel.add), together with the
@@ -147,7 +167,11 @@ def insert_all(tickets):
     the one at fault fails; any other error (a busy or full file) is every
     one's. Errors are kept on the tickets, to be raised in their threads."""
     statements, filling = [], {}   # model: (its statement being filled, its row count)
-    for ticket in tickets:
+    # In the order of what the rows share (a log's instance), arrival order
+    # among equals: on PostgreSQL each log locks its instance's row until
+    # the end of the transaction (models.LOG_TRIGGERS), and two processes
+    # locking two instances in opposite orders would deadlock.
+    for ticket in sorted(tickets, key=lambda ticket: sorted(ticket.shared.items())):
         try:
             ticket.rows = ticket.model.completed(ticket.rows, ticket.shared)
         except Exception as exc:

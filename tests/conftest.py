@@ -223,10 +223,26 @@ class Server:
             time.sleep(0.05)
         raise AssertionError(f"no {pattern!r} in server output:\n{self.output}")
 
+    def pids(self):
+        """The server's processes: the one started, and its workers if it has
+        any (Linux /proc). Workers are forked before the start-up line."""
+        pid = self.proc.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        return [pid, *map(int, children)]
+
     def stop(self, sig=signal.SIGTERM, timeout=10):
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         return self.proc.wait(timeout)
+
+    def close(self):
+        """At teardown: SIGTERM, which the parent of --workers passes on to
+        its workers (a SIGKILL would leave them serving, orphaned), then
+        SIGKILL if it is not gone within 10 s."""
+        try:
+            self.stop(signal.SIGTERM)
+        except subprocess.TimeoutExpired:
+            self.stop(signal.SIGKILL)
 
 
 def clean_environment():
@@ -269,8 +285,67 @@ def start_server(tmp_path):
         return srv
     yield start
     for srv in started:
-        if srv.proc.poll() is None:
-            srv.stop(signal.SIGKILL)
+        srv.close()
+
+
+# The log triggers of schema versions 5 to 7: the count alone, no seq.
+COUNTING_TRIGGERS = {
+    "sqlite": ["""
+        CREATE TRIGGER instance_log_counted AFTER INSERT ON instance_log
+        BEGIN
+            UPDATE instance SET log_count = log_count + 1 WHERE id = NEW.instance_id;
+        END"""],
+    "postgresql": ["""
+        CREATE OR REPLACE FUNCTION instance_log_counted() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            UPDATE instance SET log_count = log_count + added.n
+            FROM (SELECT instance_id, count(*) AS n FROM new_logs GROUP BY instance_id) AS added
+            WHERE instance.id = added.instance_id;
+            RETURN NULL;
+        END $$"""],
+}
+
+
+def undo_version_7():
+    """Take away, in the caller's transaction, what version 7 added: the
+    label and search tables and triggers (SQLite), the trigram index
+    (PostgreSQL), and the `labels` column with its index."""
+    if models.is_sqlite():
+        for trigger in ("instance_labels_added", "instance_labels_changed",
+                        "instance_labels_removed", "instance_label_counted",
+                        "instance_label_uncounted", "instance_search_added",
+                        "instance_search_renamed", "instance_search_removed"):
+            models.db.execute_sql(f"DROP TRIGGER {trigger}")
+        for table in ("instance_label", "instance_label_count", "instance_label_key_count",
+                      "instance_search"):
+            models.db.execute_sql(f"DROP TABLE {table}")
+    else:
+        models.db.execute_sql("DROP INDEX IF EXISTS instance_name_trigrams")
+    models.db.execute_sql("ALTER TABLE instance DROP COLUMN labels")   # and its GIN index
+
+
+def undo_log_sequence(counting=True):
+    """Take the open database back to before schema version 8: no seq, its
+    index or its triggers; the log-count trigger of versions 5 to 7 when
+    `counting`, none otherwise. Call it in a transaction."""
+    from playhouse.migrate import SchemaMigrator, migrate
+
+    db = models.db
+    sqlite = models.is_sqlite()
+    db.execute_sql('DROP INDEX "instance_log_instance_id_seq"')
+    if sqlite:
+        db.execute_sql("DROP TRIGGER instance_log_counted")
+    else:
+        for trigger, table in (("instance_log_sequenced", "instance_log"),
+                               ("instance_deleted", "instance")):
+            db.execute_sql(f"DROP TRIGGER {trigger} ON {table}")
+            db.execute_sql(f"DROP FUNCTION {trigger}")
+        if not counting:
+            db.execute_sql("DROP TRIGGER instance_log_counted ON instance_log")
+    migrate(SchemaMigrator.from_database(db.obj).drop_column("instance_log", "seq"))
+    if counting:
+        for statement in COUNTING_TRIGGERS["sqlite" if sqlite else "postgresql"]:
+            db.execute_sql(statement)
 
 
 def close_connections():
@@ -285,5 +360,4 @@ def close_connections():
 def server(tmp_path):
     srv = Server(tmp_path)
     yield srv
-    if srv.proc.poll() is None:
-        srv.stop(signal.SIGKILL)
+    srv.close()

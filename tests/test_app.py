@@ -343,7 +343,8 @@ def test_db_flag_chooses_the_database_file_relative_to_the_working_directory(
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs Linux /proc")
 def test_threads_flag_sets_the_number_of_worker_threads(start_server):
-    srv = start_server("--threads", "3")
+    # One process, whose threads are counted (workers are processes of their own).
+    srv = start_server("--threads", "3", "--workers", "1")
     assert call(srv.url, "GET", "/healthz").status_code == 200
     # the main thread plus 3 workers; the default of 8 would show at least 9
     threads = len(os.listdir(f"/proc/{srv.proc.pid}/task"))

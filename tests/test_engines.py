@@ -16,8 +16,7 @@ import migrations
 import models
 from app import create_app
 from conftest import POSTGRES_URL, ROOT, SITE, USER, Server, call, clean_environment, connect
-from conftest import database_for, send
-from test_migrations import undo_version_7
+from conftest import database_for, send, undo_log_sequence, undo_version_7
 
 BOX = {"site_id": SITE, "user_id": USER, "name": "box"}
 postgres_only = pytest.mark.skipif(not POSTGRES_URL, reason="needs INSTANCES_TEST_DATABASE_URL")
@@ -106,7 +105,7 @@ def worker_pids(server, expected=2):
 def test_two_workers_share_the_port_and_store_every_write_once(tmp_path, figures):
     server = Server(tmp_path, "--workers", "2")
     try:
-        assert "(2 worker processes)" in server.output
+        assert "(2 worker processes, 8 threads each)" in server.output
         assert len(worker_pids(server)) == 2
         replies, lock = [], threading.Lock()
 
@@ -230,8 +229,7 @@ def test_a_migration_runs_in_place_on_this_engine(client, instance):
     client.post(logs, json=[{"log_type": "system", "message": f"m{n}"} for n in range(3)])
     with models.db.atomic():
         undo_version_7()
-        models.db.execute_sql("DROP TRIGGER instance_log_counted"
-                              + ("" if models.is_sqlite() else " ON instance_log"))
+        undo_log_sequence(counting=False)
         migrate(SchemaMigrator.from_database(models.db.obj).drop_column("instance", "log_count"))
         models.SchemaVersion.update(version=2).execute()
     models.db.close_all()
@@ -244,3 +242,155 @@ def test_a_migration_runs_in_place_on_this_engine(client, instance):
     assert [log["message"] for log in client.get(logs).get_json()] == ["m2", "m1", "m0"]
     client.post(logs, json={"log_type": "system", "message": "m3"})
     assert client.get(logs).headers["X-Total-Count"] == "4"
+
+
+# -- how many workers ----------------------------------------------------------
+
+def test_the_default_is_one_worker_per_cpu_at_most_8(monkeypatch):
+    import workers
+
+    monkeypatch.setattr(workers, "usable_cpus", lambda: 2)
+    assert workers.worker_count(0) == 2
+    monkeypatch.setattr(workers, "usable_cpus", lambda: 64)
+    assert workers.worker_count(0) == 8
+    assert workers.worker_count(3) == 3   # a number given is taken as it is
+
+
+@pytest.mark.parametrize("value, workers", [("auto", 0), ("0", 0), ("1", 1), (" 12 ", 12)])
+def test_the_workers_setting_takes_a_count_or_auto(tmp_path, value, workers):
+    app = create_app({"WORKERS": value, "DATABASE": str(tmp_path / "w.db")})
+    models.db.close_all()
+    assert app.config["WORKERS"] == workers
+
+
+def test_a_negative_worker_count_is_refused_at_start(tmp_path):
+    result = start(tmp_path, "--db", str(tmp_path / "w.db"), env={"INSTANCES_WORKERS": "-2"})
+    assert result.returncode == 2
+    assert "Cannot start" in result.stderr and "INSTANCES_WORKERS" in result.stderr
+
+
+def test_the_start_up_line_says_how_many_processes(tmp_path):
+    import workers
+
+    expected = workers.worker_count(0)
+    server = Server(tmp_path)
+    try:
+        assert server.output.count("Listening on") == 1
+        if expected == 1:
+            assert "(1 process, 8 threads)" in server.output
+        else:
+            assert f"({expected} worker processes, 8 threads each)" in server.output
+            assert len(worker_pids(server, expected)) == expected
+    finally:
+        assert server.stop(signal.SIGTERM) == 0
+    single = Server(tmp_path, "--workers", "1", log_name="single.log")
+    try:
+        assert "(1 process, 8 threads)" in single.output
+        assert Path(f"/proc/{single.proc.pid}/task/{single.proc.pid}/children").read_text() == ""
+    finally:
+        assert single.stop(signal.SIGTERM) == 0
+
+
+FAILING_WORKERS = """
+import sys
+sys.path.insert(0, sys.argv.pop(1))
+import server
+import workers
+from peewee import OperationalError
+
+
+def unreachable():   # the parent opened the database; its workers cannot
+    raise OperationalError("unable to open database file")
+
+
+workers.check_database = unreachable
+sys.exit(server.main(sys.argv[1:]))
+"""
+
+
+def test_a_worker_that_cannot_start_stops_the_server_with_cannot_start(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", FAILING_WORKERS, str(ROOT), "--port", "0",
+         "--db", str(tmp_path / "w.db"), "--workers", "3"],
+        env=clean_environment(), cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "Cannot start: a worker process could not start: unable to open database file" \
+        in result.stderr
+    assert "Listening on" not in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_workers_do_not_outlive_a_killed_server(tmp_path):
+    """kill -9 of the server (or the OOM killer) takes its workers with it,
+    as it would take a single process: none goes on serving unwatched."""
+    server = Server(tmp_path, "--workers", "2")
+    workers = worker_pids(server)
+    assert len(workers) == 2
+    server.stop(signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() and "Z" not in state(pid) for pid in workers) \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists() and "Z" not in state(pid)]
+
+
+def state(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
+def test_a_cursor_reader_sees_every_log_two_workers_write(tmp_path, figures):
+    """Logs are committed in the order of their (created_at, id), whichever
+    worker writes them, so a reader that moves its `after` cursor to the
+    last log it got misses none: a log stamped before another but committed
+    after it would fall behind the cursor for good."""
+    server = Server(tmp_path, "--workers", "2")
+    try:
+        instance = call(server.url, "POST", "/api/instances", BOX).get_json()["id"]
+        logs = f"/api/instances/{instance}/logs"
+        first = call(server.url, "POST", logs, {"log_type": "system", "message": "start"})
+        written, lock, done = {first.get_json()["id"]}, threading.Lock(), threading.Event()
+
+        def append(n):
+            conn = connect(server.url)
+            try:
+                for i in range(60):
+                    reply = send(conn, "POST", logs, {"log_type": "system", "message": f"{n}.{i}"})
+                    assert reply.status_code == 201, reply.get_data(as_text=True)
+                    with lock:
+                        written.add(reply.get_json()["id"])
+            finally:
+                conn.close()
+
+        seen, cursor = [first.get_json()["id"]], first.get_json()["id"]
+
+        def tail():
+            nonlocal cursor
+            conn = connect(server.url)
+            try:
+                while True:
+                    finished = done.is_set()
+                    page = send(conn, "GET", f"{logs}?after={cursor}&limit=1000").get_json()
+                    seen.extend(row["id"] for row in page)
+                    cursor = seen[-1]
+                    if finished and not page:
+                        return
+            finally:
+                conn.close()
+
+        reader = threading.Thread(target=tail)
+        reader.start()
+        writers = [threading.Thread(target=append, args=(n,)) for n in range(12)]
+        for thread in writers:
+            thread.start()
+        for thread in writers:
+            thread.join()
+        done.set()
+        reader.join(30)
+        figures(written=len(written), seen=len(seen))
+        assert len(seen) == len(set(seen)), "a log was read twice"
+        assert set(seen) == written, f"{len(written - set(seen))} logs fell behind the cursor"
+    finally:
+        assert server.stop(signal.SIGTERM) == 0

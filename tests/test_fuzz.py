@@ -8,7 +8,8 @@ bodies, invalid input refused, and valid input accepted
 
 The only refusals of valid input let through are those no JSON Schema can
 express, each named in tests/fuzz_hooks.py: a stale If-Match, a reused
-Idempotency-Key, a parent_id or `after` naming no row, `sort` with `after`.
+Idempotency-Key, a parent_id or `after` naming no row, `sort` or `wait`
+without the `after` they depend on (or `wait` with limit=0).
 
 Bounded and repeatable: deterministic generation (a fixed seed), a set
 number of examples per operation, one worker, no example database.
@@ -62,6 +63,9 @@ def refused(errors):
     ({}, refused({"json": {"parent_id": ["No plan with id 0188... on this instance."]}})),
     ({}, refused({"query": {"after": ["No log with id 0188... in this list."]}})),
     ({}, refused({"query": {"sort": ["A list with after is oldest first; leave out sort."]}})),
+    ({}, refused({"query": {"wait": ["wait needs after=<the id of the last log you have>."]}})),
+    ({}, refused({"query": {"wait": ["A page of limit=0 never has a log to wait for; ..."]}})),
+    ({}, refused({"query": {"sort": ["A list with after ..."], "wait": ["... limit=0 ..."]}})),
 ])
 def test_the_hooks_let_through_what_the_document_cannot_express(headers, answer):
     assert fuzz_hooks.unexpressible(SimpleNamespace(headers=headers), answer)
@@ -73,8 +77,11 @@ def test_the_hooks_let_through_what_the_document_cannot_express(headers, answer)
     ({}, refused({"json": {"name": ["Must contain a non-whitespace character."]}})),
     ({}, refused({"json": {"parent_id": ["Not a valid UUID."]}})),
     ({}, refused({"json": {"parent_id": ["No plan with id x."], "name": ["Bad."]}})),
+    ({}, refused({"query": {"sort": ["A list with after ..."], "limit": ["Not a valid ..."]}})),
+    ({}, refused({})),
     ({}, refused({"query": {"after": ["Not a valid UUID."]}})),
     ({}, refused({"query": {"limit": ["Not a valid integer."]}})),
+    ({}, refused({"query": {"wait": ["Not a number of seconds; send e.g. 25 or 0.5."]}})),
     ({}, refused({"headers": {"Idempotency-Key": ["Must be 1 to 255 visible ASCII ..."]}})),
     ({"If-Match": '"x"'}, refused({"json": {"labels": {"Bad": {"key": ["..."]}}}})),
 ])

@@ -14,13 +14,16 @@ import search
 from app import create_app
 from conftest import (
     POSTGRES_URL, ROOT, SITE, USER, Server, call, close_connections, database_for,
+    undo_log_sequence, undo_version_7,
 )
 
 BOX = {"site_id": SITE, "user_id": USER, "name": "box"}
 OLD = [("01a224b0-0000-7000-8000-000000000001", "web-frontend-01", "running"),
        ("01a224b0-0000-7000-8000-000000000002", "Datenbank Straße", "stopped"),
        ("01a224b0-0000-7000-8000-000000000003", "gpu-worker", "running")]
-STEP = "Migrating the database to schema version 7: labels, the label and search indexes"
+STEPS = ["Migrating the database to schema version 7: labels, the label and search indexes",
+         "Migrating the database to schema version 8: logs numbered in the order they were "
+         "committed (seq)"]
 
 
 def other_id(row_id, kind):
@@ -31,8 +34,8 @@ def other_id(row_id, kind):
 def version_6(path):
     """A database of schema version 6 holding OLD (each with a log and a
     plan), on the suite's engine: on SQLite, the tables version 6 created
-    (tests/data/schema_v6.sql); on PostgreSQL, today's without what version 7
-    added (the column and its two indexes)."""
+    (tests/data/schema_v6.sql); on PostgreSQL, today's without what versions
+    7 (the column and its two indexes) and 8 (the logs' seq) added."""
     settings = database_for(path)
     if not POSTGRES_URL:
         with sqlite3.connect(path) as conn:
@@ -70,27 +73,10 @@ def version_6(path):
                 "plan_type, status, priority) VALUES (%s, now(), now(), %s, 'old goal', "
                 "'objective', 'pending', 1)", (other_id(row_id, "2"), row_id))
         undo_version_7()
+        undo_log_sequence()
         models.SchemaVersion.update(version=6).execute()
     close_connections()
     return settings
-
-
-def undo_version_7():
-    """Take away, in the caller's transaction, what version 7 added: the
-    label and search tables and triggers (SQLite), the trigram index
-    (PostgreSQL), and the `labels` column with its index."""
-    if models.is_sqlite():
-        for trigger in ("instance_labels_added", "instance_labels_changed",
-                        "instance_labels_removed", "instance_label_counted",
-                        "instance_label_uncounted", "instance_search_added",
-                        "instance_search_renamed", "instance_search_removed"):
-            models.db.execute_sql(f"DROP TRIGGER {trigger}")
-        for table in ("instance_label", "instance_label_count", "instance_label_key_count",
-                      "instance_search"):
-            models.db.execute_sql(f"DROP TABLE {table}")
-    else:
-        models.db.execute_sql("DROP INDEX IF EXISTS instance_name_trigrams")
-    models.db.execute_sql("ALTER TABLE instance DROP COLUMN labels")   # and its GIN index
 
 
 def names(client, query):
@@ -107,7 +93,7 @@ def test_a_version_6_database_migrates_keeping_its_rows_and_indexing_them(tmp_pa
         app = create_app({"TESTING": True, **settings})
     try:
         assert [record.getMessage() for record in caplog.records
-                if "Migrating" in record.getMessage()] == [STEP]
+                if "Migrating" in record.getMessage()] == STEPS
         client = app.test_client()
         listed = client.get("/api/instances").get_json()
         assert sorted(row["name"] for row in listed) == sorted(name for _, name, _ in OLD)
@@ -127,7 +113,7 @@ def test_a_version_6_database_migrates_keeping_its_rows_and_indexing_them(tmp_pa
         assert client.get("/api/instances/counts?by=label:env").get_json() == {
             "total": 3, "by": {"label:env": {"prod": 1}}}
         with models.db.connection_context():
-            assert migrations.stored_version() == migrations.SCHEMA_VERSION == 7
+            assert migrations.stored_version() == migrations.SCHEMA_VERSION
             if not models.is_sqlite():
                 assert search.has_trigram_index()
                 assert models.db.execute_sql(
@@ -184,8 +170,8 @@ def test_servers_started_together_all_start_and_serve(tmp_path, older):
             assert listed.status_code == 200
             assert sorted(row["name"] for row in listed.get_json()) == [
                 f"from {n}" for n in range(4)]
-        migrated = sum(server.output.count("Migrating the database") for server in servers)
-        assert migrated == (1 if older else 0)
+        migrated = [server for server in servers if "Migrating the database" in server.output]
+        assert len(migrated) == (1 if older else 0)
         assert all("Cannot start" not in server.output for server in servers)
     finally:
         for server in servers:

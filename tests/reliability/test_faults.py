@@ -350,7 +350,7 @@ def test_a_read_only_database_answers_503_and_keeps_serving_reads(client, figure
 
 
 def test_a_full_disk_answers_503_and_keeps_serving_reads(server, figures):
-    """A full disk (here: a file-size limit on the server process, set with
+    """A full disk (here: a file-size limit on the server's processes, set with
     prlimit once the files exist, so the WAL cannot grow) must give writers a
     503 with Retry-After, write nothing of a failed batch, and leave reads,
     the health check and the process itself working. Python ignores SIGXFSZ,
@@ -361,7 +361,8 @@ def test_a_full_disk_answers_503_and_keeps_serving_reads(server, figures):
     logs = f"/api/instances/{made.get_json()['id']}/logs"
     sizes = {path.name: path.stat().st_size for path in server.db_path.parent.iterdir()}
     limit = max(sizes.values()) + (2 << 20)
-    resource.prlimit(server.proc.pid, resource.RLIMIT_FSIZE, (limit, limit))
+    for pid in server.pids():   # every process of the server: its workers write
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, (limit, limit))
     batch = [{"log_type": "system", "message": "x" * 500} for _ in range(1000)]
     accepted, rejected = 0, []
     while not rejected and accepted < 20:
