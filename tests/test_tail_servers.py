@@ -218,7 +218,8 @@ def test_followers_see_every_log_once_in_commit_order_while_two_workers_append(
 def test_forty_waiters_leave_the_server_serving_and_most_are_answered_at_once(start_server):
     """8 threads, so at most 4 requests wait; the 36 others are answered at
     once, and a plain GET meanwhile in well under a second."""
-    server = start_server()
+    # The bound is per process: one process, so that it is exactly 4 of 40.
+    server = start_server("--workers", "1")
     logs, cursor = new_instance(server.url)
     waiters = [Waiting(server.url, f"{logs}?after={cursor}&wait=4") for _ in range(40)]
     time.sleep(0.5)
@@ -235,7 +236,8 @@ def test_forty_waiters_leave_the_server_serving_and_most_are_answered_at_once(st
 
 
 def test_past_the_bound_a_wait_is_answered_at_once(start_server):
-    server = start_server(env={"INSTANCES_MAX_WAITS": "1"})
+    # The bound is per process: one process, so the second waiter meets it.
+    server = start_server("--workers", "1", env={"INSTANCES_MAX_WAITS": "1"})
     logs, cursor = new_instance(server.url)
     first = Waiting(server.url, f"{logs}?after={cursor}&wait=10")
     held(first)
