@@ -59,8 +59,14 @@ def start(data_dir):
     it answers its health check."""
     port = free_port()
     log = tempfile.TemporaryFile(mode="w+")
+    # No automigrate: PocketBase would write each collection made through its
+    # API as a migration file beside the data directory, which every other
+    # dataset started later would then apply to itself (and fail to create
+    # the collections again).
     proc = subprocess.Popen([binary(), "serve", f"--http=127.0.0.1:{port}",
-                             f"--dir={data_dir}"], stdout=log, stderr=subprocess.STDOUT)
+                             f"--dir={data_dir}", "--automigrate=false",
+                             f"--migrationsDir={Path(data_dir) / 'migrations'}"],
+                            stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
