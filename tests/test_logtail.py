@@ -24,7 +24,10 @@ class Tail:
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "server.py"), "tail", *argv],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**clean_environment(), "PYTHONUNBUFFERED": "1", **(env or {})})
+            env={**clean_environment(), "PYTHONUNBUFFERED": "1", **(env or {})},
+            # As from a terminal: a suite started in the background of a
+            # script inherits SIGINT ignored, and so would the command.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.lines = queue.Queue()
         threading.Thread(target=self.read, daemon=True).start()
 
