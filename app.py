@@ -249,14 +249,19 @@ def synchronous(value):
     return text
 
 
-def workers_setting(value):
-    """0 or "auto" (one per CPU, workers.worker_count), else how many."""
-    if str(value).strip().lower() == "auto":
-        return 0
+def count(value):
+    """A whole number from 0; a boolean or a fraction is no count."""
+    if isinstance(value, (bool, float)):
+        raise ValueError(value)
     number = int(value)
     if number < 0:
         raise ValueError(value)
     return number
+
+
+def workers_setting(value):
+    """0 or "auto" (one per CPU, workers.worker_count), else how many."""
+    return 0 if str(value).strip().lower() == "auto" else count(value)
 
 
 workers_setting.__name__ = "worker count (a number, 0 or auto for one per CPU)"
@@ -264,14 +269,7 @@ workers_setting.__name__ = "worker count (a number, 0 or auto for one per CPU)"
 
 def waits(value):
     """MAX_WAITS: a count from 0, or nothing (None or empty) for the default."""
-    if value is None or str(value).strip() == "":
-        return None
-    if isinstance(value, (bool, float)):
-        raise ValueError(value)
-    number = int(value)
-    if number < 0:
-        raise ValueError(value)
-    return number
+    return None if value is None or str(value).strip() == "" else count(value)
 
 
 waits.__name__ = "count of waits (0 or more)"
