@@ -26,7 +26,6 @@ each round, so a slow moment of the machine spreads over all of them.
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -49,20 +48,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peer  # noqa: E402
 from app import DEFAULTS  # noqa: E402
 import live_tail  # noqa: E402
+from report import BATCH, COMPARED, CONCURRENCY, report  # noqa: E402
 from workers import worker_count  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DATA = HERE / "data"
-CONCURRENCY = (8, 32)
 SITE, USER = "5b0c6b52-3c6b-4a55-8f6e-0d7c3a1e9a01", "9d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6"
-BATCH = 1000
-# Run by the default server (a worker per CPU) and by PocketBase as well.
-COMPARED = ("get_one", "list_filtered", "create_instance", "append_log")
 SEED = "labels"   # change with what seed.py writes, so that old seeds are made again
-# Operations whose rate should not fall with the size of the data: the
-# large dataset's rate over the small one's (the flatness line of RESULTS.md).
-FLAT = ("list_filtered", "list_logs", "list_by_label", "counts_by_status_site", "list_q")
 
 
 def start(argv, env=None):
@@ -448,224 +441,6 @@ def create_one(api):
         data=json.dumps({"site_id": SITE, "user_id": USER, "name": "bench"}).encode())
     with urllib.request.urlopen(request) as resp:
         return json.load(resp)["id"]
-
-
-def medians(samples):
-    table = {}
-    for sample in samples:
-        table.setdefault((sample["size"], sample["op"], sample["c"]), []).append(sample)
-    return {key: {
-        "rps": statistics.median(s["rps"] for s in runs),
-        "p50": statistics.median(s["p50"] for s in runs),
-        "p99": statistics.median(s["p99"] for s in runs),
-        "non_2xx": sum(s["non_2xx"] for s in runs),
-        "rows": runs[0]["rows"],
-    } for key, runs in table.items()}
-
-
-def report(samples, rss, args, tail=None):
-    table = medians(samples)
-    (HERE / "results.json").write_text(json.dumps(
-        {"samples": samples, "peak_rss_mb": rss, "threads": args.threads, "tail": tail},
-        indent=1))
-    # Runs before issue 19 kept one figure per size.
-    rss = {size: mb if isinstance(mb, dict) else {"one": mb} for size, mb in rss.items()}
-    workers = next((mb["workers"] for mb in rss.values() if "workers" in mb), None)
-    machine = (f"{platform.node()}: {os.cpu_count()} CPUs, {platform.machine()}, "
-               f"Python {platform.python_version()}, load generator (wrk -t2) on the same host")
-    lines = [
-        "# Benchmark results", "",
-        f"One run of `make bench` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
-        f"{machine}. {args.rounds} rounds of {args.seconds} s per cell, medians; "
-        "the ceilings ran in the same rounds on the same waitress settings "
-        f"({args.threads} threads) and GIL switch interval; each cell started once the "
-        "server had answered what the previous one left queued. The service ran with "
-        "`--workers 1`; `default:` rows are the same server with its default "
-        f"({workers} worker processes here, one per CPU) at 32 connections; `pocketbase:` "
-        "rows are PocketBase (bench/peer.py) on the same rows.", "",
-        "![req/s per operation](results.png)", "",
-        "| size | operation | conc. | req/s | rows/s | p50 ms | p99 ms | non-2xx "
-        "| x bare Flask |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for (size, op, c), cell in sorted(table.items()):
-        ceiling = table[(size, "ceiling_flask", c)]["rps"]
-        lines.append(
-            f"| {size} | {op} | {c} | {cell['rps']:.0f} | {cell['rps'] * cell['rows']:.0f} "
-            f"| {cell['p50']:.1f} | {cell['p99']:.1f} | {cell['non_2xx']} "
-            f"| {cell['rps'] / ceiling:.2f} |")
-    lines += ["", "Peak RSS: " + "; ".join(
-        f"{size}: one process {mb['one']} MB"
-        + (f", the default ({mb['workers']} workers and their parent) {mb['default']} MB "
-           f"(each process's peak, added up; their summed PSS peaked at "
-           f"{mb['default_pss']} MB)" if "default" in mb else "")
-        + (f", PocketBase {mb['pocketbase']} MB" if "pocketbase" in mb else "")
-        for size, mb in rss.items()), ""]
-    lines += floors(table, rss)
-    lines += flatness_lines(table)
-    lines += peer_table(table, workers)
-    if tail is not None:
-        lines += ["", *live_tail.section(tail)]
-    (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
-    chart(table)
-    print("\n".join(lines))
-
-
-def floors(table, rss):
-    """Issue 19's floors, each a ratio within this run (medians), met or not.
-    A floor whose cells this run lacks is left out."""
-    checks = []   # (floor, size, c, measured, at least, shown as)
-    sizes = sorted({size for size, _, _ in table})
-
-    def rps(size, op, c):
-        cell = table.get((size, op, c))
-        return cell and cell["rps"]
-
-    def ratio(size, op, c, reference):
-        mine, theirs = rps(size, op, c), rps(size, reference, c)
-        return mine / theirs if mine and theirs else None
-
-    for size in sizes:
-        lists = [op for s, op, _ in table if s == size and (
-            op in ("list_filtered", "list_logs") or op.startswith("tail_depth_"))]
-        for c in CONCURRENCY:
-            # Issue 16: a page of one label, against the bare-Flask ceiling.
-            checks.append(("list_by_label >= 0.25 x bare Flask", size, c,
-                           ratio(size, "list_by_label", c, "ceiling_flask"), 0.25))
-        for c in CONCURRENCY:
-            checks.append(("get_one >= 0.6 x bare Flask", size, c,
-                           ratio(size, "get_one", c, "ceiling_flask"), 0.6))
-            for op in sorted(set(lists)):
-                checks.append((f"{op} (a list) >= 0.3 x bare Flask", size, c,
-                               ratio(size, op, c, "ceiling_flask"), 0.3))
-            least = 0.9 if c == 8 else 1.0
-            for op in ("create_instance", "append_log"):
-                checks.append((f"{op} >= {least} x the write reference", size, c,
-                               ratio(size, op, c, "ceiling_flask_insert"), least))
-            logs = rps(size, "batch_ingest", c)
-            checks.append(("batch ingest >= 8 logs per bare-Flask request", size, c,
-                           logs and logs * BATCH / rps(size, "ceiling_flask", c), 8))
-        for op, least in (("get_one", 1.4), ("list_filtered", 1.4),
-                          ("create_instance", 1.1), ("append_log", 1.1)):
-            checks.append((f"default:{op} >= {least} x one process", size, 32,
-                           ratio(size, f"default:{op}", 32, op), least))
-        deep = next((op for s, op, _ in table if s == size and op.startswith("tail_depth_")
-                     and op != "tail_depth_0"), None)
-        for c in CONCURRENCY:
-            # Issue 6: the deep page within 1.2 x the first (its rate at least 1/1.2 of it).
-            shallow = rps(size, "tail_depth_0", c)
-            checks.append((f"{deep} x 1.2 / tail_depth_0 >= 1", size, c,
-                           shallow and rps(size, deep, c) * 1.2 / shallow, 1.0))
-    if "small" in sizes and "large" in sizes:
-        for c in CONCURRENCY:
-            for op in FLAT:
-                small = rps("small", op, c)
-                checks.append((f"{op} large >= 0.8 x small", "both", c,
-                               small and rps("large", op, c) / small, 0.8))
-    lines = ["## Floors", "",
-             "Ratios within this run: one process (`--workers 1`) against the bare-Flask "
-             "ceiling and the write reference (ceiling_flask_insert: bare Flask, the body and "
-             "one INSERT with the service's SQLite settings), and the default worker count "
-             "against one process.", "",
-             "| floor | size | conc. | measured | met |", "|---|---|---|---|---|"]
-    for name, size, c, value, least in checks:
-        if value is not None:
-            lines.append(f"| {name} | {size} | {c} | {value:.2f} | "
-                         f"{'yes' if value >= least else '**no**'} |")
-    for size in sizes:
-        cells = [(op, cell["non_2xx"]) for (s, op, c), cell in table.items()
-                 if s == size and c == 32 and not op.startswith(("ceiling", "pocketbase:"))]
-        errors = sum(count for _, count in cells)
-        lines.append(f"| zero non-2xx at 32 connections (one process and default) | {size} | 32 "
-                     f"| {errors} | {'yes' if errors == 0 else '**no**'} |")
-    for size, mb in rss.items():
-        lines.append(f"| peak RSS, one process <= 100 MB | {size} | | {mb['one']} MB | "
-                     f"{'yes' if mb['one'] <= 100 else '**no**'} |")
-        if "default" in mb:
-            per = mb["default"] / mb["workers"]
-            lines.append(f"| peak RSS, default: all processes <= 100 MB per worker | {size} | "
-                         f"| {mb['default']} MB ({per:.0f} per worker) | "
-                         f"{'yes' if per <= 100 else '**no**'} |")
-    return lines + [""]
-
-
-def flatness(table, op, c):
-    return table[("large", op, c)]["rps"] / table[("small", op, c)]["rps"]
-
-
-def flatness_lines(table):
-    """Large over small, per operation and concurrency: 1.00 is a rate that
-    does not fall with a hundred times the data. The unfiltered count reads
-    every instance's status index entry, so it is not expected to be flat."""
-    ops = [op for op in (*FLAT, "counts_by_status")
-           if all((size, op, c) in table for size in ("small", "large") for c in CONCURRENCY)]
-    if not ops:
-        return []
-    cells = "; ".join(
-        f"{op} " + ", ".join(f"c={c} {flatness(table, op, c):.2f}" for c in CONCURRENCY)
-        for op in ops)
-    return [f"Flatness (large req/s / small req/s): {cells}. counts_by_status counts every "
-            "instance (by the status index), so it grows with the data; counts of one site "
-            "read that site's entries only.", ""]
-
-
-def peer_table(table, workers):
-    """Where the service stands against PocketBase, per operation and size."""
-    rows = sorted((size, op.split(":", 1)[1], c) for size, op, c in table
-                  if op.startswith("pocketbase:"))
-    if not rows:
-        return []
-    lines = ["## Against PocketBase", "",
-             "PocketBase (Go, bench/peer.py) on the same rows, with the same operations: a record "
-             "by id, a filtered page of 50 with its total, creating an instance, appending a "
-             "log. It uses every core on its own.", "",
-             "| size | operation | conc. | PocketBase req/s | ours, one process | "
-             "ours / PocketBase | ours, default | default / PocketBase |",
-             "|---|---|---|---|---|---|---|---|"]
-    behind = []
-    for size, op, c in rows:
-        theirs = table[(size, f"pocketbase:{op}", c)]["rps"]
-        one = table.get((size, op, c), {}).get("rps")
-        default = table.get((size, f"default:{op}", c), {}).get("rps")
-        shown = [f"{one:.0f} | {one / theirs:.2f}" if one else "| ",
-                 f"{default:.0f} | {default / theirs:.2f}" if default else "| "]
-        lines.append(f"| {size} | {op} | {c} | {theirs:.0f} | {shown[0]} | {shown[1]} |")
-        best = max(one or 0, default or 0)
-        if best < theirs:
-            behind.append(f"{op} ({size}, {c} connections: {best / theirs:.2f})")
-    lines += ["", ("PocketBase is ahead of the service's best here in: " + "; ".join(behind)
-                   + ".") if behind else "The service's best is at or ahead of PocketBase in "
-                                         "every cell.", ""]
-    return lines
-
-
-def chart(table):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sizes = sorted({size for size, _, _ in table})
-    ops = [op for op in dict.fromkeys(op for _, op, _ in sorted(table, key=lambda k: k[1]))
-           if not op.startswith("ceiling")]
-    fig, axes = plt.subplots(len(CONCURRENCY), 1, figsize=(12, 5.5 * len(CONCURRENCY)))
-    for ax, c in zip(axes, CONCURRENCY):
-        width = 0.8 / len(sizes)
-        for i, size in enumerate(sizes):
-            values = [table.get((size, op, c), {}).get("rps", 0) for op in ops]
-            ax.bar([x + i * width for x in range(len(ops))], values, width, label=size)
-            for kind, style in (("ceiling_flask", "--"), ("ceiling_wsgi", ":"),
-                                ("ceiling_flask_query", "-."),
-                                ("ceiling_flask_insert", (0, (1, 1)))):
-                if (size, kind, c) in table:   # runs before the query reference lack it
-                    ax.axhline(table[(size, kind, c)]["rps"], linestyle=style, linewidth=1,
-                               color=f"C{i}", label=f"{kind} ({size})")
-        ax.set_xticks([x + width * (len(sizes) - 1) / 2 for x in range(len(ops))], ops,
-                      rotation=20)
-        ax.set_ylabel("requests/s (median)")
-        ax.set_title(f"concurrency {c}")
-        ax.legend(fontsize=8, ncol=4, loc="upper left", bbox_to_anchor=(0, -0.22))
-    fig.tight_layout()
-    fig.savefig(HERE / "results.png", dpi=90)
 
 
 if __name__ == "__main__":
