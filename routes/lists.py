@@ -209,6 +209,12 @@ def list_response(model, args, instance_id=None, kept_count=None):
         not_found(Instance, instance_id)
     if after and not rows and not in_list(model, scope, values):
         # An empty page after a cursor: the end of the list, or no such row.
+        # Or the instance was deleted since its count was read (PostgreSQL
+        # reads each statement at its own moment), which is a 404, not a bad
+        # cursor.
+        if instance_id is not None and not Instance.select().where(
+                Instance.id == instance_id).exists():
+            not_found(Instance, instance_id)
         invalid("query", "after", f"No {noun(model)} with id {args['after']} in this list.")
     headers = {"X-Total-Count": str(total)}
     link = cursor_link(rows) if after else page_links(total, limit, offset)

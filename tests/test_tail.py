@@ -201,6 +201,21 @@ def test_deleting_the_instance_ends_its_waits_with_404(client, logs_url, last, i
         assert waiter.answered - deleted < WAKE_BOUND
 
 
+def test_a_cursor_page_read_as_its_instance_is_deleted_is_404(client, logs_url, last, instance,
+                                                              monkeypatch):
+    """PostgreSQL reads each statement at its own moment: the instance can go
+    between the page (its count saw the instance) and the cursor check."""
+    import routes.lists
+    read = routes.lists.counted_representations
+
+    def read_then_delete(*args, **kwargs):
+        answer = read(*args, **kwargs)
+        models.Instance.get_by_id(instance["id"]).delete_instance()
+        return answer
+    monkeypatch.setattr(routes.lists, "counted_representations", read_then_delete)
+    assert_problem(client.get(tail(logs_url, last)), 404)
+
+
 # -- the bound ----------------------------------------------------------------------
 
 @pytest.fixture
