@@ -16,6 +16,7 @@ from marshmallow import (
 
 from labels import KEY, LabelSelectors, Labels, is_key
 from models import INSTANCE_STATUSES, INSTANCE_TYPES, LOG_LEVELS, PLAN_STATUSES
+from storage.reads import Written
 from schema_fields import (
     Enum, EnumList, JSONObject, Moment, Pattern, QueryInteger, Seconds, Slug, Sort, Text,
     Timestamp, WholeNumber, not_blank,
@@ -55,7 +56,23 @@ class Representation(Schema):
                           WRITTEN_AS_IS.get(type(field)._serialize))
                          for name, field in self.dump_fields.items()]
 
+    @classmethod
+    def wire(cls):
+        """The (key, column) of each member this schema writes, in order, when
+        every one is the stored value as it is (WRITTEN_AS_IS, or an integer):
+        the storage layer can then write the rows itself (storage.reads.
+        Written). None when a field would change a value."""
+        if "_wire" not in cls.__dict__:
+            members = cls().dump_fields.items()
+            as_is = all(type(field)._serialize in WRITTEN_AS_IS
+                        or isinstance(field, fields.Integer) for _, field in members)
+            cls._wire = tuple((field.data_key or name, field.attribute or name)
+                              for name, field in members) if as_is else None
+        return cls._wire
+
     def _serialize(self, obj, *, many=False):
+        if type(obj) is Written:
+            return orjson.Fragment(obj.text)
         if many and obj is not None:
             return [self._serialize(item) for item in obj]
         if type(obj) is dict:

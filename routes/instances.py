@@ -21,7 +21,7 @@ class Instances(MethodView):
     @blp.response(200, InstanceSchema(many=True))
     def get(self, args):
         """List instances, newest first unless sorted."""
-        return list_response(Instance, args)
+        return list_response(Instance, InstanceSchema, args)
 
     @blp.arguments(InstanceCreateSchema)
     @blp.response(201, InstanceSchema)

@@ -20,7 +20,8 @@ class InstanceLogs(MethodView):
     def get(self, args, instance_id):
         """List an instance's logs, newest first, or as committed after a cursor (and wait)."""
         def page():
-            return list_response(InstanceLog, args, instance_id, kept_count=Instance.log_count)
+            return list_response(InstanceLog, LogSchema, args, instance_id,
+                                 kept_count=Instance.log_count)
 
         return held(page, str(instance_id), args["wait"]) if args.get("wait") else page()
 

@@ -20,7 +20,7 @@ class InstancePlans(MethodView):
     @blp.response(200, PlanSchema(many=True))
     def get(self, args, instance_id):
         """List an instance's plans, newest first unless sorted."""
-        return list_response(InstancePlan, args, instance_id)
+        return list_response(InstancePlan, PlanSchema, args, instance_id)
 
     @blp.arguments(PlanCreateSchema)
     @blp.response(201, PlanSchema)

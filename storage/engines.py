@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from functools import partial
 from urllib.parse import parse_qs, urlsplit
 
+import cysqlite
 import orjson
 from peewee import SqliteDatabase, fn
 from playhouse.cysqlite_ext import CySqliteDatabase
@@ -107,6 +108,14 @@ class ThreadSqliteDatabase(CySqliteDatabase):
 
     def _connect(self):
         conn = super()._connect()
+        # The query planner's stability guarantee: a plan made without
+        # looking at the values bound to it. Otherwise SQLite marks a
+        # statement whose plan could depend on a bound value (a WHERE value
+        # beside ORDER BY ... LIMIT, as every list page has) and prepares it
+        # again each time a value is bound: a sixth of a list's instructions
+        # (bench/README.md). The plans are the ones tests/test_query_plans.py
+        # checks, the same for every value.
+        conn.db_config(cysqlite.SQLITE_DBCONFIG_ENABLE_QPSG, 1)
         with self._opened_lock:
             self._opened.add(conn)
         return conn
