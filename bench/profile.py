@@ -31,7 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app import create_app  # noqa: E402
 from loglines import configure_logging  # noqa: E402
-from bench.ceilings import bare_flask, flask_insert, flask_query  # noqa: E402
+from bench.ceilings import (  # noqa: E402
+    bare_flask, flask_insert, flask_query, smorest_insert, smorest_query,
+)
 
 SITE, USER = "5b0c6b52-3c6b-4a55-8f6e-0d7c3a1e9a01", "9d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6"
 LOG = {"log_type": "agent_action", "message": "clicked the button", "details": {"x": 1}}
@@ -104,6 +106,8 @@ def main(source, *wanted):
         other = plan["get_one"][2].rsplit("/", 1)[-1]
         plan["ceiling_flask_query"] = (flask_query(str(work)), "GET", f"/{other}", None)
         plan["ceiling_flask_insert"] = (flask_insert(str(work)), "POST", f"/{other}", LOG)
+        plan["ceiling_smorest_query"] = (smorest_query(str(work)), "GET", f"/{other}", None)
+        plan["ceiling_smorest_insert"] = (smorest_insert(str(work)), "POST", f"/{other}", LOG)
         for op, (app, method, path, body) in plan.items():
             if wanted and op not in wanted:
                 continue

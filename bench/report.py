@@ -73,6 +73,7 @@ def report(samples, rss, args, tail=None):
         + (f", PocketBase {mb['pocketbase']} MB" if "pocketbase" in mb else "")
         for size, mb in rss.items()), ""]
     lines += floors(table, rss)
+    lines += stack_lines(table)
     lines += flatness_lines(table)
     lines += peer_table(table, workers)
     if tail is not None:
@@ -80,6 +81,34 @@ def report(samples, rss, args, tail=None):
     (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
     chart(table)
     print("\n".join(lines))
+
+
+def stack_lines(table):
+    """What the service's stack reaches by itself (ceilings.smorest_query,
+    smorest_insert: a plain flask-smorest route and marshmallow schemas)
+    against the references the floors use, and the service against it."""
+    pairs = [("ceiling_smorest_query", "ceiling_flask", "the plain stack's read x bare Flask"),
+             ("get_one", "ceiling_smorest_query", "get_one x the plain stack's read"),
+             ("ceiling_smorest_insert", "ceiling_flask_insert",
+              "the plain stack's append x the write reference"),
+             ("append_log", "ceiling_smorest_insert", "append_log x the plain stack's append"),
+             ("create_instance", "ceiling_smorest_insert",
+              "create_instance x the plain stack's append")]
+    rows = []
+    for size in sorted({size for size, _, _ in table}):
+        for c in CONCURRENCY:
+            for mine, theirs, name in pairs:
+                top, bottom = table.get((size, mine, c)), table.get((size, theirs, c))
+                if top and bottom:
+                    rows.append(f"| {name} | {size} | {c} | {top['rps'] / bottom['rps']:.2f} |")
+    if not rows:
+        return []
+    return ["## What the stack reaches by itself", "",
+            "The same read and append as a bare flask-smorest route with plain marshmallow "
+            "schemas, as that stack's docs write one (bench/ceilings.py), in the same rounds: "
+            "where the first and third rows are below a floor above, no route written that "
+            "way reaches the floor either.", "",
+            "| ratio | size | conc. | measured |", "|---|---|---|---|", *rows, ""]
 
 
 def floors(table, rss):

@@ -295,7 +295,8 @@ def main(argv=None):
                                             str(work), "--threads", threads])
             references = {kind: start([sys.executable, str(HERE / "ceilings.py"), kind, "0",
                                        threads, str(work)])
-                          for kind in ("flask_query", "flask_insert")}
+                          for kind in ("flask_query", "flask_insert", "smorest_query",
+                                       "smorest_insert")}
             if with_peer:
                 pb_data = peer.seeded(size, DATA / f"{size}.seed-{SEED}.db", DATA)
                 pb_other, pb_site = peer.pick(pb_data)
@@ -310,6 +311,11 @@ def main(argv=None):
                                                1, CONCURRENCY)
                 plan["ceiling_flask_insert"] = (f"{references['flask_insert'][1]}/{other}",
                                                 plan["append_log"][1], 1, CONCURRENCY)
+                plan["ceiling_smorest_query"] = (f"{references['smorest_query'][1]}/{other}",
+                                                 None, 1, CONCURRENCY)
+                plan["ceiling_smorest_insert"] = (
+                    f"{references['smorest_insert'][1]}/{other}", plan["append_log"][1], 1,
+                    CONCURRENCY)
                 health = {"": f"{api}/healthz"}
                 if with_default:
                     default = targets(servers["default"][1], hot, other, site, first, deep,
