@@ -16,11 +16,11 @@ from marshmallow import (
 
 from labels import KEY, LabelSelectors, Labels, is_key
 from models import INSTANCE_STATUSES, INSTANCE_TYPES, LOG_LEVELS, PLAN_STATUSES
-from storage.reads import Written
 from schema_fields import (
     Enum, EnumList, JSONObject, Moment, Pattern, QueryInteger, Seconds, Slug, Sort, Text,
     Timestamp, WholeNumber, not_blank,
 )
+from storage.reads import Written
 
 ENV_KEY = r"^[A-Za-z_][A-Za-z0-9_]*$"
 INT32 = validate.Range(-(2**31), 2**31 - 1)

@@ -11,6 +11,7 @@ import http.client
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -243,6 +244,31 @@ class Server:
             self.stop(signal.SIGTERM)
         except subprocess.TimeoutExpired:
             self.stop(signal.SIGKILL)
+
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+def headless_chromium(window="1280,1000", logs=False, timezone=None):
+    """Headless Chromium with every host but 127.0.0.1 unreachable (a page
+    must load from the service alone); with its console and network `logs`
+    kept, in `timezone` if given. The browser tests skip without Debian's
+    chromium and chromium-driver, which .ci/run installs."""
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("needs Debian's chromium and chromium-driver (.ci/run installs them)")
+    from selenium import webdriver
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                     "--disable-gpu", f"--window-size={window}",
+                     "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"):
+        options.add_argument(argument)
+    if logs:
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    service = webdriver.ChromeService(executable_path=CHROMEDRIVER,
+                                      env={"TZ": timezone} if timezone else None)
+    return webdriver.Chrome(options=options, service=service)
 
 
 def clean_environment():

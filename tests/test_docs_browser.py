@@ -1,33 +1,14 @@
 """/api/docs in a real headless Chromium against the real server, with every
 host but 127.0.0.1 unreachable: the page must load from the service alone,
 list the routes, and run "Try it out" on GET /api/instances."""
-import shutil
-
 import pytest
 
-from conftest import SITE, USER, call
-
-CHROMIUM = shutil.which("chromium")
-DRIVER = shutil.which("chromedriver")
-
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and DRIVER),
-    reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
+from conftest import SITE, USER, call, headless_chromium
 
 
 @pytest.fixture
 def browser():
-    from selenium import webdriver
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                     "--disable-gpu", "--window-size=1280,2000",
-                     # No internet: a CDN asset would fail to load.
-                     "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(options=options,
-                              service=webdriver.ChromeService(executable_path=DRIVER))
+    driver = headless_chromium(window="1280,2000")
     yield driver
     driver.quit()
 

@@ -6,7 +6,6 @@ unreachable. The browser tests are skipped only where Chromium or its
 driver is missing (.ci/run installs them)."""
 import json
 import re
-import shutil
 import time
 from datetime import datetime, timedelta, timezone
 from urllib.parse import urlsplit
@@ -14,10 +13,10 @@ from urllib.parse import urlsplit
 import pytest
 
 from app import create_app
-from conftest import SITE, USER, assert_problem, call, close_connections, database_for
+from conftest import (
+    SITE, USER, assert_problem, call, close_connections, database_for, headless_chromium,
+)
 
-CHROMIUM = shutil.which("chromium")
-DRIVER = shutil.which("chromedriver")
 TOKEN = "ui-token-7f3a"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 XSS = '<img src=x onerror="window.__pwned=1">'
@@ -148,21 +147,9 @@ def test_the_docs_assets_route_serves_no_api_document(guarded):
 
 @pytest.fixture
 def browser():
-    """Headless Chromium with every host but 127.0.0.1 unreachable, keeping its
-    console and network logs; in Tokyo time, so that local times differ from UTC."""
-    if not (CHROMIUM and DRIVER):
-        pytest.skip("needs Debian's chromium and chromium-driver (.ci/run installs them)")
-    from selenium import webdriver
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                     "--disable-gpu", "--window-size=1280,1000",
-                     "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    service = webdriver.ChromeService(executable_path=DRIVER, env={"TZ": "Asia/Tokyo"})
-    driver = webdriver.Chrome(options=options, service=service)
+    """Kept console and network logs; in Tokyo time, so that local times
+    differ from UTC."""
+    driver = headless_chromium(logs=True, timezone="Asia/Tokyo")
     yield driver
     driver.quit()
 
