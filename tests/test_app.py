@@ -130,6 +130,17 @@ def test_the_database_runs_in_wal_mode_with_foreign_keys_on(build, tmp_path):
         conn.close()
 
 
+def test_statements_are_planned_without_their_bound_values(build, tmp_path):
+    # Else SQLite prepares each list statement again whenever a value is
+    # bound (storage.engines.ThreadSqliteDatabase._connect).
+    import cysqlite
+
+    app = build({"TESTING": True, "DATABASE": str(tmp_path / "t.db")})
+    with app.test_request_context("/"):
+        conn = models.db.connection()
+        assert conn.db_config(cysqlite.SQLITE_DBCONFIG_ENABLE_QPSG, -1) == 1
+
+
 def test_foreign_keys_cascade_a_deleted_instance_to_its_rows(build, tmp_path):
     path = tmp_path / "t.db"
     client = build({"TESTING": True, "DATABASE": str(path)}).test_client()
