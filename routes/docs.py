@@ -15,8 +15,9 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, send_from_directory
 from marshmallow import fields
 
-from schema_fields import JSON_VALUE
+from schema_fields import JSONObject
 
+from routes.common import MAX_DEPTH
 from routes.ui import POLICY, page_file, page_headers
 
 # Located without importing the package, which would load handlers for a
@@ -128,9 +129,9 @@ class HttpDocs(BasePlugin):
         for plugin in spec.plugins:
             if isinstance(plugin, MarshmallowPlugin):
                 plugin.converter.add_attribute_function(property_names)
+                plugin.converter.add_attribute_function(json_rules)
         for name, schema in self.schemas.items():
             spec.components.schema(name, schema=schema)
-        spec.components.schema("JSONValue", JSON_VALUE)
         for name, header in HEADERS.items():
             spec.components.header(name, header)
         for name, (header, parameter) in PARAMETERS.items():
@@ -212,6 +213,28 @@ def property_names(converter, field, **kwargs):
         names = {**names, **converter.field2property(field.key_field)}
         names.pop("type", None)
     return {"propertyNames": names} if names else {}
+
+
+# What routes/common.check_storable refuses anywhere in a body, said in words
+# for the fields that hold any JSON (configuration, details). JSON Schema can
+# only say it with a recursive schema, and the most used client generator
+# (openapi-python-client) cannot resolve one: it drops every model and
+# operation that uses it. So the document keeps them plain `type: object`,
+# and tests/fuzz_hooks.py gives the fuzzer the rule as a schema.
+JSON_RULES = (
+    "Any JSON object. Refused anywhere inside it, however deeply nested (422 naming "
+    "the place): a key or a string holding a NUL character (\\u0000); an integer "
+    "outside -2^63 to 2^64-1 (send such a number as a string); objects and arrays "
+    f"nested more than {MAX_DEPTH} levels deep, counting the request body as the first.")
+
+
+def json_rules(converter, field, **kwargs):
+    """An apispec attribute function: the description of a JSONObject that
+    holds any JSON (no `values` field of its own), after the field's own."""
+    if not isinstance(field, JSONObject) or field.value_field is not None:
+        return {}
+    own = field.metadata.get("description")
+    return {"description": f"{own} {JSON_RULES}" if own else JSON_RULES}
 
 
 def one_or_many(component, most):

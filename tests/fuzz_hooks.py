@@ -1,6 +1,12 @@
 """Schemathesis hooks for tests/test_fuzz.py (loaded with SCHEMATHESIS_HOOKS).
 
-positive_data_acceptance runs: a request that the OpenAPI document allows
+before_load_schema: the fields that hold any JSON (configuration, details)
+are plain `type: object` in the document, their rules said in words
+(routes/docs.JSON_RULES), because client generators cannot resolve the
+recursive schema that says them; the fuzzer gets that schema here, so that
+valid data it makes keeps the rules and invalid data breaks them.
+
+filter_failure: positive_data_acceptance runs: a request that the OpenAPI document allows
 must be accepted. These are the only answers it may give otherwise, the
 cases where the request fits the document and the contract still refuses
 it, because what decides is the state of the data or a tie between two
@@ -11,6 +17,47 @@ still fails the run.
 import schemathesis
 
 POSITIVE_DATA = "positive_data_acceptance"
+
+NUL_FREE = r"^[^\u0000]*$"
+REF = {"$ref": "#/components/schemas/JSONValue"}
+# routes/docs.JSON_RULES as JSON Schema: no NUL in a key or a string, and
+# integers within 64 bits; any other number. The depth limit (64 levels)
+# has no JSON Schema keyword; generated values stay far below it.
+JSON_VALUE = {"anyOf": [
+    {"type": ["null", "boolean"]},
+    {"type": "integer", "minimum": -2**63, "maximum": 2**64 - 1},
+    {"type": "number", "not": {"type": "integer"}},
+    {"type": "string", "pattern": NUL_FREE},
+    {"type": "array", "items": REF},
+    {"type": "object", "propertyNames": {"pattern": NUL_FREE}, "additionalProperties": REF},
+]}
+
+
+def any_json(schema):
+    """Whether `schema` is an object of any JSON values: how the document
+    writes a JSONObject field without rules for its values."""
+    return (schema.get("type") == "object" and schema.get("additionalProperties") == {}
+            and "properties" not in schema)
+
+
+def with_json_values(document):
+    """Points every object of any JSON values in `document` at JSONValue,
+    added to its components. Returns the (schema, property) names changed."""
+    changed = []
+    schemas = document["components"]["schemas"]
+    for name, schema in schemas.items():
+        for field, prop in schema.get("properties", {}).items():
+            if any_json(prop):
+                prop["additionalProperties"] = REF
+                changed.append((name, field))
+    schemas["JSONValue"] = JSON_VALUE
+    return changed
+
+
+@schemathesis.hook
+def before_load_schema(context, raw_schema):
+    with_json_values(raw_schema)
+
 
 # (where, field, words of the message): the refusals of a valid request that
 # the state of the data or a tie between parameters decides.

@@ -8,6 +8,7 @@ from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import validate
 
 from conftest import ROOT, assert_problem
+from routes.common import MAX_DEPTH
 
 # Routes that serve the description itself rather than the API, and the
 # dashboard's pages and files (/, /ui/...): pages for browsers, not API, kept
@@ -155,8 +156,45 @@ def test_object_keys_and_label_rules_are_stated_as_json_schema(document):
     assert all(matches(values, value) for value in ("", "prod", "A-b.c_D9", "v" * 63))
     assert not any(matches(values, value) for value in ("-x", "x.", "a/b", "v" * 64))
     configuration = instance["configuration"]
-    assert configuration["additionalProperties"] == {"$ref": "#/components/schemas/JSONValue"}
     assert not matches(configuration["propertyNames"]["pattern"], "a\x00b")
+
+
+def test_objects_of_any_json_are_plain_and_say_their_rules_in_words(document):
+    """configuration and details: `type: object` of any values, so client
+    generators can read them (tests/test_generated_client.py); what the
+    service refuses inside them is in the description."""
+    schemas = document["components"]["schemas"]
+    for name, field in [("Instance", "configuration"), ("InstanceCreate", "configuration"),
+                        ("InstanceUpdate", "configuration"), ("Log", "details"),
+                        ("LogCreate", "details")]:
+        schema = schemas[name]["properties"][field]
+        assert (schema["type"], schema["additionalProperties"]) == ("object", {}), name
+        rules = schema["description"]
+        assert "NUL" in rules and "2^64-1" in rules and f"{MAX_DEPTH} levels" in rules, rules
+
+
+def test_no_schema_refers_to_itself(document):
+    """A recursive schema is what client generators cannot resolve."""
+    schemas = document["components"]["schemas"]
+
+    def refs(node):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                yield node["$ref"].rsplit("/", 1)[-1]
+            for value in node.values():
+                yield from refs(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from refs(value)
+
+    for name in schemas:
+        seen, todo = set(), [name]
+        while todo:
+            for ref in refs(schemas[todo.pop()]):
+                assert ref != name, f"{name} refers to itself"
+                if ref in schemas and ref not in seen:
+                    seen.add(ref)
+                    todo.append(ref)
 
 
 def test_texts_say_that_nul_and_blank_are_refused(document):
