@@ -114,9 +114,10 @@ def read_json_body(req, arrays=False):
 MAX_DEPTH = 64
 NUL_MESSAGE = "Contains a NUL character (\\u0000), which is not stored."
 # An integer literal past 64 bits: orjson would read it as a double and keep
-# only its first 16 digits. Strings are checked again below, so a long run of
+# only its first 16 digits. 19 digits, not 20: below -2^63 begins at
+# -9223372036854775809. Strings are checked again below, so a long run of
 # digits inside a string only costs a second look.
-LONG_INTEGER = re.compile(rb"\d{20}")
+LONG_INTEGER = re.compile(rb"\d{19}")
 
 
 def check_storable(data, body):

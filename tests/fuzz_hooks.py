@@ -16,6 +16,8 @@ still fails the run.
 """
 import schemathesis
 
+from routes.docs import JSON_RULES
+
 POSITIVE_DATA = "positive_data_acceptance"
 
 NUL_FREE = r"^[^\u0000]*$"
@@ -34,10 +36,10 @@ JSON_VALUE = {"anyOf": [
 
 
 def any_json(schema):
-    """Whether `schema` is an object of any JSON values: how the document
-    writes a JSONObject field without rules for its values."""
+    """Whether `schema` is an object of any JSON values that states the rule
+    in its description: how the document writes configuration and details."""
     return (schema.get("type") == "object" and schema.get("additionalProperties") == {}
-            and "properties" not in schema)
+            and JSON_RULES in schema.get("description", ""))
 
 
 def with_json_values(document):

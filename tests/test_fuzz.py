@@ -6,6 +6,10 @@ document: no 5xx, only documented statuses, content types, headers and
 bodies, invalid input refused, and valid input accepted
 (positive_data_acceptance): the document says what the server accepts.
 
+The fields that hold any JSON (configuration, details) are plain objects
+in the document, their rules in words, so that client generators read it;
+the hook in tests/fuzz_hooks.py gives the fuzzer those rules as a schema.
+
 The only refusals of valid input let through are those no JSON Schema can
 express, each named in tests/fuzz_hooks.py: a stale If-Match, a reused
 Idempotency-Key, a parent_id or `after` naming no row, `sort` or `wait`
@@ -14,6 +18,7 @@ without the `after` they depend on (or `wait` with limit=0).
 Bounded and repeatable: deterministic generation (a fixed seed), a set
 number of examples per operation, one worker, no example database.
 """
+import json
 import re
 import subprocess
 import sys
@@ -21,8 +26,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from openapi_schema_validator import OAS31Validator
 
-from conftest import ROOT, clean_environment
+from conftest import ROOT, SITE, USER, clean_environment
 
 EXAMPLES = 100
 HOOKS = ROOT / "tests" / "fuzz_hooks.py"
@@ -39,10 +45,41 @@ def test_schemathesis_finds_no_failure(server, tmp_path):
     assert re.search(r"Operations: +(\d+) selected / \1 total", result.stdout), result.stdout
 
 
-# -- the exclusions are exactly those -----------------------------------------------
-
 sys.path.insert(0, str(HOOKS.parent))
 import fuzz_hooks  # noqa: E402
+
+
+# -- the rule of the objects of any JSON, as the fuzzer sees it ----------------------
+
+def test_the_hook_gives_every_object_of_any_json_its_rule(client):
+    document = client.get("/api/openapi.json").get_json()
+    assert "JSONValue" not in document["components"]["schemas"]
+    assert sorted(fuzz_hooks.with_json_values(document)) == [
+        ("Instance", "configuration"), ("InstanceCreate", "configuration"),
+        ("InstanceUpdate", "configuration"), ("Log", "details"), ("LogCreate", "details")]
+    assert document["components"]["schemas"]["JSONValue"] == fuzz_hooks.JSON_VALUE
+
+
+@pytest.mark.parametrize("value", [
+    None, True, 0, -2**63, 2**64 - 1, 1.5, -2.5e-3, "", "text", [], {},
+    [None, [1, {"b": "c"}]], {"nested": {"list": ["x", {"y": 2**63}]}},
+    "a\x00b", {"key\x00": 1}, [["\x00"]], {"a": {"b": "\x00"}},
+    2**64, -2**63 - 1, {"deep": [2**70]},
+])
+def test_the_hooks_rule_accepts_what_the_service_accepts(client, value):
+    """The schema the fuzzer gets and the service agree, value by value
+    (nesting past 64 levels aside, which no JSON Schema keyword states)."""
+    schema = {"$ref": "#/components/schemas/JSONValue",
+              "components": {"schemas": {"JSONValue": fuzz_hooks.JSON_VALUE}}}
+    allowed = OAS31Validator(schema).is_valid(value)
+    # The standard library writes integers past 64 bits (the app's orjson does not).
+    body = json.dumps({"site_id": SITE, "user_id": USER, "name": "box",
+                       "configuration": {"v": value}})
+    answer = client.post("/api/instances", data=body, content_type="application/json")
+    assert answer.status_code == (201 if allowed else 422), answer.get_json()
+
+
+# -- the exclusions are exactly those -----------------------------------------------
 
 
 class Answer:
