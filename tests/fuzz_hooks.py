@@ -6,21 +6,21 @@ are plain `type: object` in the document, their rules said in words
 recursive schema that says them; the fuzzer gets that schema here, so that
 valid data it makes keeps the rules and invalid data breaks them.
 
-filter_failure: positive_data_acceptance runs: a request that the OpenAPI document allows
-must be accepted. These are the only answers it may give otherwise, the
-cases where the request fits the document and the contract still refuses
-it, because what decides is the state of the data or a tie between two
-parameters, which OpenAPI cannot say. Each is recognized by its status and
+filter_failure: positive_data_acceptance runs: a request that the OpenAPI
+document allows must be accepted. These are the only answers it may give
+otherwise, the cases where the request fits the document and the contract
+still refuses it, because what decides is the state of the data or a tie
+between two parameters, which OpenAPI cannot say. Each is recognized by its status and
 by exactly what the problem names; any other refusal of a valid request
 still fails the run.
 """
 import schemathesis
 
 from routes.docs import JSON_RULES
+from schema_fields import NUL_FREE
 
 POSITIVE_DATA = "positive_data_acceptance"
 
-NUL_FREE = r"^[^\u0000]*$"
 REF = {"$ref": "#/components/schemas/JSONValue"}
 # routes/docs.JSON_RULES as JSON Schema: no NUL in a key or a string, and
 # integers within 64 bits; any other number. The depth limit (64 levels)
