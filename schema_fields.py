@@ -134,13 +134,24 @@ def EnumList(choices):
 
 
 class Timestamp(fields.AwareDateTime):
-    """An RFC 3339 query timestamp with a zone, brought to UTC."""
+    """An RFC 3339 query timestamp with a zone, brought to UTC. The API docs
+    say which RFC 3339 timestamps it still refuses: Python's datetime has
+    no leap second and no year outside 1..9999 (in UTC, once brought there),
+    and marshmallow reads an upper-case T and Z only."""
 
+    DESCRIPTION = ("An RFC 3339 timestamp with a zone, e.g. 2026-11-28T22:10:25Z or "
+                   "2026-11-28T23:10:25%2B01:00 (a + in a URL is sent as %2B). Refused: a "
+                   "moment outside the years 1 to 9999 in UTC (0001-01-01T00:30:00+01:00), "
+                   "a leap second (:60), a lower-case t or z.")
     default_error_messages = {
         "invalid": "Not a valid RFC 3339 timestamp; use e.g. 2026-11-28T22:10:25Z "
                    "(a '+' in an offset must be sent as %2B in a URL).",
         "invalid_awareness": "The timestamp needs a zone: Z or an offset like +02:00.",
     }
+
+    def __init__(self, **kwargs):
+        super().__init__(metadata={"description": self.DESCRIPTION,
+                                   **kwargs.pop("metadata", {})}, **kwargs)
 
     def _deserialize(self, value, attr, data, **kwargs):
         moment = super()._deserialize(value, attr, data, **kwargs)

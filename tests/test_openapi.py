@@ -206,6 +206,15 @@ def test_texts_say_that_nul_and_blank_are_refused(document):
     assert not matches(message["pattern"], "a\x00b") and matches(message["pattern"], " ")
 
 
+def test_the_time_filters_say_which_rfc_3339_timestamps_are_refused(document):
+    parameters = {p["name"]: p for p in document["paths"][LOGS]["get"]["parameters"]
+                  if "name" in p}
+    for name in ("since", "until"):
+        assert parameters[name]["schema"]["format"] == "date-time"
+        description = parameters[name]["description"]
+        assert "years 1 to 9999 in UTC" in description and "leap second" in description
+
+
 def test_the_label_filter_states_its_grammar(document):
     parameters = {p["name"]: p["schema"] for p in document["paths"]["/api/instances"]["get"][
         "parameters"] if "name" in p}
