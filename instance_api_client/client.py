@@ -267,7 +267,8 @@ class Client:
         where `filters` may also hold instance_id lists, site_id and label).
 
         It starts after the newest log (or after the cursor `after`), first
-        yielding the `last` newest existing logs, oldest first. Each request
+        yielding the `last` newest existing logs, oldest first; while there
+        is no log yet, it asks every `poll` seconds. Each request
         waits up to `wait` seconds (at most 30) for a new log, so a log is
         yielded the moment it lands, each exactly once, in commit order.
         Connection errors, 429 and 502-504 (a server restarting) are waited
@@ -306,6 +307,9 @@ class Client:
             failures = 0
             if cursor is None:
                 if not page:
+                    # No log yet: every log that comes is new, however many
+                    # land between two polls.
+                    last = PAGE
                     time.sleep(poll)
                     continue
                 # Newest first. The cursor follows commit order and this page
