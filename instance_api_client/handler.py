@@ -192,6 +192,16 @@ class InstanceLogHandler(logging.Handler):
             self._closing.set()
             self._thread.join(timeout)
             atexit.unregister(self._at_exit)
+            # What the flush could not send in time is lost: counted too.
+            left = 0
+            while True:
+                try:
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                left += 1
+            if left:
+                self._finish(left, "still queued when the handler was closed")
             if self.dropped and self._reported:
                 self._report(f"InstanceLogHandler: {self.dropped} log record(s) for instance "
                              f"{self.instance_id} were dropped in all.")

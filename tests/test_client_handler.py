@@ -172,6 +172,22 @@ def test_a_dead_server_never_blocks_the_caller(logger, reports):
     dead.close()
 
 
+def test_records_left_at_close_are_counted(logger, reports):
+    dead = Client(f"http://127.0.0.1:{free_port()}", backoff=0.5, max_attempts=3)
+    handler = InstanceLogHandler(dead, SITE)
+    logger.addHandler(handler)
+    for n in range(500):
+        logger.info("never sent %d", n)
+    logger.removeHandler(handler)
+    handler.close(timeout=0.1)
+    until_done = time.monotonic() + 10
+    while handler.dropped < 500 and time.monotonic() < until_done:
+        time.sleep(0.05)    # a batch in flight is counted when its retries end
+    assert handler.dropped == 500 and handler.sent == 0
+    assert reports and SITE in reports[0]
+    dead.close()
+
+
 class SlowFront(Front):
     """The real server behind a front that takes `delay` seconds to answer."""
 
