@@ -185,10 +185,12 @@ class InstanceLogHandler(logging.Handler):
             return self._progress.wait_for(lambda: self._done >= target, timeout)
 
     def close(self, timeout=None):
-        """Flush (at most `timeout` seconds), stop the thread, and report the
-        count of records dropped. The client stays open (it is the caller's)."""
+        """Flush (at most `timeout` seconds, `exit_timeout` when None), stop
+        the thread, and report the count of records dropped. The client
+        stays open (it is the caller's)."""
         if not self._closing.is_set():
-            self.flush(timeout if timeout is not None else self.exit_timeout)
+            timeout = self.exit_timeout if timeout is None else timeout
+            self.flush(timeout)
             self._closing.set()
             self._thread.join(timeout)
             atexit.unregister(self._at_exit)

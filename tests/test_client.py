@@ -7,6 +7,7 @@ shapes match the OpenAPI document."""
 import http.client
 import http.server
 import json
+import logging
 import subprocess
 import sys
 import threading
@@ -102,6 +103,26 @@ def test_instances(api):
     with pytest.raises(ApiError) as gone:
         api.get_instance(box["id"])
     assert gone.value.status == 404 and gone.value.title and box["id"] in gone.value.detail
+
+
+def test_the_readme_example_runs(live, api):
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Python client, logging handler and MCP", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(code.splitlines()) <= 12
+    code = code.replace("http://127.0.0.1:8080", live.url)
+    namespace = {"SITE": SITE, "USER": USER}
+    exec(compile(code, "README.md", "exec"), namespace)
+    box = namespace["box"]["id"]
+    for handler in logging.getLogger("agent").handlers:
+        assert handler.flush(timeout=10)
+        logging.getLogger("agent").removeHandler(handler)
+        handler.close()
+    namespace["api"].close()
+    assert api.get_instance(box)["status"] == "stopped"
+    assert [p["status"] for p in api.plan_tree(box)] == ["completed"]
+    [log] = api.list_logs(box)
+    assert (log["level"], log["log_type"], log["details"]["tries"]) == ("warn", "agent", 2)
 
 
 def test_a_validation_error_names_the_field(api):
