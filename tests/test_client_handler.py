@@ -153,23 +153,38 @@ def free_port():
         return probe.getsockname()[1]
 
 
-def test_a_dead_server_never_blocks_the_caller(logger, reports):
-    dead = Client(f"http://127.0.0.1:{free_port()}", backoff=0.01, max_attempts=2)
-    handler = InstanceLogHandler(dead, SITE, capacity=100)
+@pytest.fixture
+def black_hole():
+    """A port that takes connections and never answers (the kernel's
+    backlog completes them; nothing reads)."""
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(128)
+        yield f"http://127.0.0.1:{hole.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("dead", ["refused", "silent"])
+def test_a_dead_server_never_blocks_the_caller(dead, black_hole, logger, reports):
+    # Silent: each try waits out the 1 s timeout, so a call that waited for
+    # the network would take a second.
+    url = f"http://127.0.0.1:{free_port()}" if dead == "refused" else black_hole
+    client = Client(url, timeout=1, backoff=0.01, max_attempts=2)
+    handler = InstanceLogHandler(client, SITE, capacity=100)
     logger.addHandler(handler)
     slowest = 0.0
+    started = time.perf_counter()
     for n in range(2000):
-        started = time.perf_counter()
+        before = time.perf_counter()
         logger.info("into the void %d", n)
-        slowest = max(slowest, time.perf_counter() - started)
-    assert slowest < 0.05
+        slowest = max(slowest, time.perf_counter() - before)
+    assert slowest < 0.5 and time.perf_counter() - started < 1
     assert handler.flush(timeout=30)
     assert handler.dropped == 2000 and handler.sent == 0
     # Reported once, naming the instance, at the first loss.
     assert len(reports) == 1 and SITE in reports[0]
     handler.close()
     assert len(reports) == 2 and "2000" in reports[1]
-    dead.close()
+    client.close()
 
 
 def test_records_left_at_close_are_counted(logger, reports):
@@ -203,7 +218,7 @@ class SlowFront(Front):
 
 def test_a_slow_server_slows_the_sending_not_the_caller(live, api, box, logger,  # noqa: F811
                                                         reports):
-    front = SlowFront(live.url, 0.5)
+    front = SlowFront(live.url, 1.0)
     try:
         with Client(front.url) as slow:
             handler = InstanceLogHandler(slow, box)
@@ -214,9 +229,8 @@ def test_a_slow_server_slows_the_sending_not_the_caller(live, api, box, logger, 
                 started = time.perf_counter()
                 logger.info("step %d", n)
                 slowest = max(slowest, time.perf_counter() - started)
-                if n % 100 == 0:
-                    time.sleep(0.3)     # let a batch go while the next ones queue
-            assert slowest < 0.05
+            # Each answer takes a second: a call that waited for one would too.
+            assert slowest < 0.5
             assert handler.flush(timeout=30)
             handler.close()
     finally:
@@ -225,7 +239,7 @@ def test_a_slow_server_slows_the_sending_not_the_caller(live, api, box, logger, 
     assert [log["message"] for log in logs] == [f"step {n}" for n in range(300)]
     assert handler.dropped == 0 and reports == []
     # Several records to a request: fewer requests than records.
-    assert 1 < len(front.seen) < 300
+    assert len(front.seen) < 300
 
 
 def test_a_batch_past_the_body_limit_is_sent_in_parts(start_server, logger, reports):
