@@ -239,14 +239,22 @@ class Client:
         return self._request("GET", f"/api/webhooks/{segment(webhook_id)}")
 
     def create_webhook(self, url, *, types=None, label=None, description=None, **fields):
-        """Register a receiver; the answer carries its `secret`, shown once."""
+        """Register a receiver of events (`types` a list or comma string,
+        `label` selectors, as on list_events); the answer carries its
+        `secret`, shown once."""
         body = {"url": url, **fields}
-        for name, value in (("types", types), ("label", label), ("description", description)):
+        for name, value in (("types", joined(types)), ("label", selectors(label)),
+                            ("description", description)):
             if value is not None:
                 body[name] = value
         return self._request("POST", "/api/webhooks", json=body)
 
     def update_webhook(self, webhook_id, *, if_match=None, **fields):
+        """PATCH url, types, label, description or active."""
+        if fields.get("types") is not None:
+            fields["types"] = joined(fields["types"])
+        if fields.get("label") is not None:
+            fields["label"] = selectors(fields["label"])
         return self._request("PATCH", f"/api/webhooks/{segment(webhook_id)}", json=fields,
                              headers=self._if_match(if_match))
 

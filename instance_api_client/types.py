@@ -98,11 +98,12 @@ class Webhook(TypedDict):
     create and rotate-secret."""
     id: str
     url: str
-    types: list[str]
+    types: Optional[str]        # a comma list as /api/events takes it; None: every type
     label: Optional[str]
     description: Optional[str]
     active: bool
     created_at: str
+    updated_at: str
     last_delivery_at: Optional[str]
     last_status: Optional[int]
     last_error: Optional[str]

@@ -93,11 +93,14 @@ def test_fleet_logs_and_the_fleet_tail(api):
     def follow():
         for log in api.tail(None, after=both[0]["id"], wait=2, min_level="warn"):
             seen.put(log)
-    threading.Thread(target=follow, daemon=True).start()
+            return
+    follower = threading.Thread(target=follow)
+    follower.start()
     api.append_log(one["id"], "quiet", level="info")
     api.append_log(two["id"], "late", level="fatal")
     log = seen.get(timeout=10)
     assert (log["message"], log["instance_id"]) == ("late", two["id"])
+    follower.join(10)
 
 
 @needs("/api/events")
@@ -117,7 +120,7 @@ def test_events(api):
 def test_webhooks(api):
     hook = api.create_webhook("http://127.0.0.1:9/hook", types=["instance.*"],
                               description="tests")
-    assert hook["secret"].startswith("whsec_")
+    assert hook["secret"].startswith("whsec_") and hook["types"] == "instance.*"
     got = api.get_webhook(hook["id"])
     assert "secret" not in got and got["url"] == "http://127.0.0.1:9/hook"
     assert [w["id"] for w in api.list_webhooks()] == [hook["id"]]
