@@ -3,6 +3,8 @@ log_type, exceptions, extra), 10,000 records from 8 threads all arrive in
 each thread's order; and when the server is dead or slow, logging never
 blocks the caller, and what is lost is counted and reported once."""
 import logging
+import subprocess
+import sys
 import socket
 import threading
 import time
@@ -262,3 +264,17 @@ def test_slugs():
     assert slug_of("__main__") == "main__"
     assert slug_of("123") == "log"
     assert slug_of("A" * 100) == "a" * 64
+
+
+def test_what_is_queued_is_sent_at_exit(api, box):
+    """A script that logs and ends without flushing or closing anything."""
+    script = (
+        "import logging, sys\n"
+        "from instance_api_client import Client, InstanceLogHandler\n"
+        "log = logging.getLogger('script')\n"
+        "log.setLevel(logging.INFO)\n"
+        "log.addHandler(InstanceLogHandler(Client(sys.argv[1]), sys.argv[2]))\n"
+        "for n in range(500):\n"
+        "    log.info('line %d', n)\n")
+    subprocess.run([sys.executable, "-c", script, api.url, box], check=True, timeout=60)
+    assert api.list_logs(box, log_type="script").total == 500
