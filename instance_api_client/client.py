@@ -269,10 +269,10 @@ class Client:
     # Following -----------------------------------------------------------
 
     def tail(self, instance_id=None, *, after=None, last=0, wait=25, poll=1.0, on_error=None,
-             on_resume=None, **filters):
+             on_resume=None, instance_ids=None, **filters):
         """Iterate over new logs as they are committed, forever: an
         instance's (`instance_id`), or the whole fleet's (None; GET /api/logs,
-        where `filters` may also hold instance_id lists, site_id and label).
+        where `instance_ids` (up to 100), site_id and label filter too).
 
         It starts after the newest log (or after the cursor `after`), first
         yielding the `last` newest existing logs, oldest first; while there
@@ -288,7 +288,7 @@ class Client:
                 else "/api/logs")
         if "label" in filters:
             filters["label"] = selectors(filters["label"])
-        filters = query(**filters)
+        filters = query(instance_id=instance_ids, **filters)
         cursor, shown, failures = after, set(), 0
         while True:
             try:

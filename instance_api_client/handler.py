@@ -230,7 +230,12 @@ class InstanceLogHandler(logging.Handler):
                         batch.append(self._queue.get_nowait())
                     except queue.Empty:
                         break
-                for part in self._by_size(batch):
+                try:
+                    parts = list(self._by_size(batch))
+                except Exception as exc:    # never let the thread die: count and go on
+                    self._finish(len(batch), f"{type(exc).__name__}: {exc}")
+                    parts = []
+                for part in parts:
                     self._send(part)
             if next_beat is not None and time.monotonic() >= next_beat:
                 next_beat = self._heartbeat()
@@ -239,7 +244,12 @@ class InstanceLogHandler(logging.Handler):
         """The batch cut into bodies of at most `batch_bytes`."""
         part, size = [], 2
         for entry in batch:
-            length = len(json.dumps(entry, ensure_ascii=False).encode()) + 1
+            try:
+                length = len(json.dumps(entry, ensure_ascii=False).encode()) + 1
+            except UnicodeEncodeError:
+                # Text with lone surrogates is not UTF-8: sent with them replaced.
+                text = json.dumps(entry, ensure_ascii=False).encode("utf-8", "replace")
+                entry, length = json.loads(text), len(text) + 1
             if part and size + length > self.batch_bytes:
                 yield part
                 part, size = [], 2

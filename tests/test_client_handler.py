@@ -84,6 +84,7 @@ def test_records_become_logs(api, box, logger, reports):
     logger.log(5, "very fine")
     logger.info("")
     logger.info("x" * 70000)
+    logger.info("half a pair: \ud800")
     logging.getLogger("My App/Worker #2").addHandler(handler)
     logging.getLogger("My App/Worker #2").error("from another logger")
     logging.getLogger("My App/Worker #2").removeHandler(handler)
@@ -91,7 +92,7 @@ def test_records_become_logs(api, box, logger, reports):
 
     logs = logs_after(api, box, marker)
     assert [log["level"] for log in logs] == ["debug", "info", "warn", "error", "fatal",
-                                              "debug", "info", "info", "error"]
+                                              "debug", "info", "info", "info", "error"]
     assert logs[0]["message"] == "looking at the page"
     assert logs[0]["log_type"] == slug_of(logger.name) == logger.name.lower()
     assert logs[1]["details"] == {"logger": logger.name, "button": "Pay",
@@ -101,8 +102,9 @@ def test_records_become_logs(api, box, logger, reports):
     assert logs[3]["message"] == "the sum failed"
     assert logs[6]["message"] == "(empty message)"
     assert len(logs[7]["message"]) == 65536
-    assert logs[8]["log_type"] == "my_app_worker__2"
-    assert handler.dropped == 0 and handler.sent == 9 and reports == []
+    assert logs[8]["message"] == "half a pair: ?"
+    assert logs[9]["log_type"] == "my_app_worker__2"
+    assert handler.dropped == 0 and handler.sent == 10 and reports == []
 
 
 def test_the_senders_own_http_logs_do_not_come_back(api, box, reports):

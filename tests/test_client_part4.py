@@ -91,7 +91,8 @@ def test_fleet_logs_and_the_fleet_tail(api):
     seen = queue.Queue()
 
     def follow():
-        for log in api.tail(None, after=both[0]["id"], wait=2, min_level="warn"):
+        for log in api.tail(None, after=both[0]["id"], wait=2, min_level="warn",
+                            instance_ids=[one["id"], two["id"]]):
             seen.put(log)
             return
     follower = threading.Thread(target=follow)
