@@ -360,3 +360,12 @@ def free_port():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def test_instance_api_mcp_without_the_sdk_says_what_to_install():
+    code = ("import sys; sys.modules['mcp'] = None; import server; "
+            "sys.exit(server.main(['mcp', '--url', 'http://127.0.0.1:9']))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2
+    assert "pip install 'instance-api[mcp]'" in done.stderr and "Traceback" not in done.stderr
