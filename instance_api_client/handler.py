@@ -26,6 +26,7 @@ import re
 import threading
 import time
 import traceback
+from urllib.parse import quote
 
 from .transport import ApiError
 
@@ -86,6 +87,7 @@ class InstanceLogHandler(logging.Handler):
         super().__init__(level)
         self.client = client
         self.instance_id = instance_id
+        self._path = f"/api/instances/{quote(str(instance_id), safe='')}/logs"
         self.batch_size = max(1, min(batch_size, MAX_BATCH))
         self.batch_bytes = batch_bytes
         self.log_type = log_type
@@ -241,28 +243,30 @@ class InstanceLogHandler(logging.Handler):
                 next_beat = self._heartbeat()
 
     def _by_size(self, batch):
-        """The batch cut into bodies of at most `batch_bytes`."""
+        """The batch as JSON, each entry encoded once, cut into bodies of at
+        most `batch_bytes`: lists of encoded entries."""
         part, size = [], 2
         for entry in batch:
             try:
-                length = len(json.dumps(entry, ensure_ascii=False).encode()) + 1
+                encoded = json.dumps(entry, ensure_ascii=False).encode()
             except UnicodeEncodeError:
                 # Text with lone surrogates is not UTF-8: sent with them replaced.
-                text = json.dumps(entry, ensure_ascii=False).encode("utf-8", "replace")
-                entry, length = json.loads(text), len(text) + 1
-            if part and size + length > self.batch_bytes:
+                encoded = json.dumps(entry, ensure_ascii=False).encode("utf-8", "replace")
+            if part and size + len(encoded) + 1 > self.batch_bytes:
                 yield part
                 part, size = [], 2
-            part.append(entry)
-            size += length
+            part.append(encoded)
+            size += len(encoded) + 1
         if part:
             yield part
 
     def _send(self, batch):
-        """Send one batch: on 413 (a body past the server's limit) in halves,
-        on 422 without the entries it names; what cannot go is dropped."""
+        """POST one batch (encoded entries): on 413 (a body past the
+        server's limit) in halves, on 422 without the entries it names; what
+        cannot go is dropped."""
         try:
-            self.client.append_logs(self.instance_id, batch)
+            self.client.transport.send("POST", self._path, content=b"[" + b",".join(batch) + b"]",
+                                       headers={"Content-Type": "application/json"})
         except ApiError as exc:
             if exc.status == 413 and len(batch) > 1:
                 half = len(batch) // 2

@@ -187,11 +187,12 @@ class Transport:
         chosen = random.uniform(step / 2, step)
         return max(chosen, asked) if asked is not None else chosen
 
-    def send(self, method, path, *, params=None, json=None, headers=None, retry=True,
-             timeout=None):
+    def send(self, method, path, *, params=None, json=None, content=None, headers=None,
+             retry=True, timeout=None):
         """The httpx response to one call, retried as the module says; an
         answer outside 2xx raises ApiError. `path` is a path under the base
-        URL or an absolute URL (a Link)."""
+        URL or an absolute URL (a Link); the body is `json`, or `content`
+        already encoded."""
         url = path if path.startswith(("http://", "https://")) else self.base + path
         headers = dict(headers or {})
         if method == "POST":
@@ -205,7 +206,7 @@ class Transport:
         while True:
             try:
                 response = self.http.request(method, url, params=params, json=json,
-                                             headers=headers,
+                                             content=content, headers=headers,
                                              timeout=timeout if timeout is not None
                                              else httpx.USE_CLIENT_DEFAULT)
             except httpx.TransportError as exc:
