@@ -20,7 +20,7 @@ $(SERVICE): setup.cfg pyproject.toml | $(BIN)/python
 	touch $@
 
 $(STAMP): setup.cfg pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test,postgres]'
+	$(BIN)/python -m pip install --quiet -e '.[test,postgres,mcp]'
 	touch $@ $(SERVICE)
 
 run: $(SERVICE)

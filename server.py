@@ -106,10 +106,17 @@ def main(argv=None):
     database; `instance-api tail INSTANCE_ID` follows an instance's log as a
     client of a running server (logtail.py)."""
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"serve": serve, "openapi": write_openapi, "backup": backup, "tail": logtail.main}
+    commands = {"serve": serve, "openapi": write_openapi, "backup": backup, "tail": logtail.main,
+                "mcp": mcp}
     if argv[:1] and argv[0] in commands:
         return commands[argv[0]](argv[1:])
     return serve(argv)
+
+
+def mcp(argv):
+    """`instance-api mcp`: imported when asked only (the SDK is an extra)."""
+    from instance_api_client import mcp_server
+    return mcp_server.main(argv)
 
 
 def write_openapi(argv):
