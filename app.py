@@ -213,8 +213,8 @@ def handle_database_error(exc):
     reason = unavailable(exc)
     if reason is None:
         return handle_unexpected(exc)
-    log.warning("Database unavailable for %s %s (request %s): %s",
-                request.method, request.path, request_id(), reason)
+    log.warning("Database unavailable for %s (request %s): %s",
+                client_request(), request_id(), reason)
     busy = any(word in reason for word in ("lock", "busy", "serialize", "deadlock"))
     return problem(ServiceUnavailable(
         description=f"The database cannot take this request now ({reason}); "
@@ -222,10 +222,15 @@ def handle_database_error(exc):
         retry_after=1 if busy else 30))
 
 
+def client_request():
+    """The request's method and path for a log line, escaped: a host's own
+    log handlers (an embedding app) may write them as they are."""
+    return loglines.escape(f"{request.method} {request.path}")
+
+
 def handle_unexpected(exc):
     """A fault no handler expected: full trace in the log, nothing to the client."""
-    log.exception("Unhandled error in %s %s (request %s)",
-                  request.method, request.path, request_id())
+    log.exception("Unhandled error in %s (request %s)", client_request(), request_id())
     return problem(InternalServerError(
         description="An unexpected error occurred; it was logged with this request_id."))
 
@@ -416,9 +421,12 @@ class Traced:
             if access_log.isEnabledFor(logging.INFO):
                 query = environ.get("QUERY_STRING")
                 path = environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8", "replace")
-                line = (f"{environ['REQUEST_METHOD']} {f'{path}?{query}' if query else path} "
-                        f"{status[:3]} {(time.perf_counter() - started) * 1000:.1f}ms "
-                        f"request_id={request_id}")
+                # The method, path and query are the client's: escaped
+                # (loglines.escape), one request stays one line.
+                line = loglines.escape(
+                    f"{environ['REQUEST_METHOD']} {f'{path}?{query}' if query else path} "
+                    f"{status[:3]} {(time.perf_counter() - started) * 1000:.1f}ms "
+                    f"request_id={request_id}")
                 if loglines.access_lines is None:
                     access_log.info("%s", line)
                 else:
