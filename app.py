@@ -344,14 +344,38 @@ def shown_database(config):
     return parts.geturl()
 
 
-def create_app(config=None):
-    """Build the app: defaults, then INSTANCES_* variables, then `config`."""
+def configured_app(config=None, environment=True):
+    """An App with its settings: defaults, then INSTANCES_* variables (when
+    `environment`), then `config`; no database, no routes yet."""
     app = App(__name__, static_folder=None)
     app.json = OrjsonProvider(app)
     app.config.from_mapping(DEFAULTS)
-    app.config.from_prefixed_env("INSTANCES")
+    if environment:
+        app.config.from_prefixed_env("INSTANCES")
     app.config.update(config or {})
     coerce_settings(app.config)
+    return app
+
+
+def register_api(app):
+    """The API's routes and their OpenAPI document, on `app`."""
+    api = Api(app, spec_kwargs={"extra_plugins": [
+        HttpDocs({"Problem": ProblemSchema, "LogCreate": LogCreateSchema})]})
+    for blueprint in BLUEPRINTS:
+        api.register_blueprint(blueprint)
+    return api
+
+
+def openapi_document():
+    """The OpenAPI document GET /api/openapi.json serves, built from the
+    routes and the default settings alone: no database is opened and no
+    INSTANCES_* variable is read (the document does not depend on them)."""
+    return register_api(configured_app(environment=False)).spec.to_dict()
+
+
+def create_app(config=None):
+    """Build the app: defaults, then INSTANCES_* variables, then `config`."""
+    app = configured_app(config)
 
     db.initialize(open_database(
         database_target(app.config), busy_timeout=app.config["BUSY_TIMEOUT"],
@@ -374,10 +398,7 @@ def create_app(config=None):
         # open on its connection.
         db.release()
 
-    api = Api(app, spec_kwargs={"extra_plugins": [
-        HttpDocs({"Problem": ProblemSchema, "LogCreate": LogCreateSchema})]})
-    for blueprint in BLUEPRINTS:
-        api.register_blueprint(blueprint)
+    register_api(app)
     # Pages for browsers, not API: registered beside the Api, so they stay out
     # of the OpenAPI document.
     app.register_blueprint(docs_page)

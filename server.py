@@ -1,4 +1,4 @@
-"""Serving: the `instance-api` command line (serve, openapi, backup, tail),
+"""Serving: the `instance-api` command line (COMMANDS: serve, openapi, backup, tail),
 waitress with its framing checks, draining on SIGTERM, and WAL checkpoints.
 
 Not here: the application itself (app.py), the worker processes
@@ -24,7 +24,7 @@ from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.task import ErrorTask
 
 import logtail
-from app import DEFAULTS, PROBLEM_TYPE, create_app, shown_database
+from app import DEFAULTS, PROBLEM_TYPE, create_app, openapi_document, shown_database
 from loglines import configure_logging
 from storage import db
 from storage.backup import BackupFailed
@@ -76,13 +76,14 @@ class ProblemChannel(HTTPChannel):
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(
-        prog="instance-api",
-        description="Serve the Instance Management API with waitress. Flags override "
-                    "the INSTANCES_* environment variables.",
-        epilog="`instance-api serve [flags]` is the same as `instance-api [flags]`. Other "
-               "commands: `instance-api openapi [FILE]` writes the OpenAPI "
-               "document; `instance-api backup PATH` copies the database while it is "
-               "in use; `instance-api tail INSTANCE_ID` follows an instance's log.")
+        prog="instance-api", usage="instance-api [COMMAND] [ARGS]",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="The Instance Management API and its tools.\n\ncommands:\n" + "".join(
+            f"  {name + ' ' + args:<24}{summary}\n"
+            for name, (args, summary, _) in COMMANDS.items()),
+        epilog="The options are serve's; they override the INSTANCES_* environment\n"
+               "variables. `instance-api [options]` serves too. `instance-api COMMAND\n"
+               "--help` describes a command.")
     parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on, 0 for any free one "
                                                  "(default 8080)")
@@ -101,32 +102,33 @@ def parse_args(argv):
 
 
 def main(argv=None):
-    """`instance-api [serve] [flags]` serves; `instance-api openapi [FILE]`
-    writes the API's OpenAPI document; `instance-api backup PATH` copies the
-    database; `instance-api tail INSTANCE_ID` follows an instance's log as a
-    client of a running server (logtail.py)."""
+    """`instance-api [COMMAND] [ARGS]`: the command's exit code. Without a
+    command (or with flags first), serve."""
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"serve": serve, "openapi": write_openapi, "backup": backup, "tail": logtail.main}
-    if argv[:1] and argv[0] in commands:
-        return commands[argv[0]](argv[1:])
+    if argv[:1] and argv[0] in COMMANDS:
+        return COMMANDS[argv[0]][2](argv[1:])
     return serve(argv)
 
 
 def write_openapi(argv):
     parser = argparse.ArgumentParser(
         prog="instance-api openapi",
-        description="Write the OpenAPI document that GET /api/openapi.json serves.")
+        description="Write the OpenAPI document that GET /api/openapi.json serves. It is "
+                    "built from the code alone: no database is opened and no INSTANCES_* "
+                    "variable is read.")
     parser.add_argument("file", nargs="?", help="where to write it (default: standard output)")
     args = parser.parse_args(argv)
-    # The document does not depend on the data, so no database file is made.
-    app = create_app({"DATABASE": ":memory:"})
-    text = json.dumps(app.test_client().get("/api/openapi.json").get_json(), indent=2) + "\n"
-    db.close_all()
-    if args.file:
-        with open(args.file, "w", encoding="utf-8") as out:
-            out.write(text)
-    else:
-        sys.stdout.write(text)
+    try:
+        text = json.dumps(openapi_document(), indent=2) + "\n"
+        if args.file:
+            with open(args.file, "w", encoding="utf-8") as out:
+                out.write(text)
+        else:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+    except (OSError, ValueError, TypeError) as exc:
+        print(f"Cannot write the OpenAPI document: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -303,6 +305,16 @@ def backup(argv):
 def report_progress(copied, total):
     print(f"\rcopied {copied}/{total} pages ({100 * copied // max(total, 1)}%)",
           end="" if copied < total else "\n", file=sys.stderr, flush=True)
+
+
+# The commands: the arguments they take and the line `instance-api --help`
+# gives each. `serve` is also what runs without a command.
+COMMANDS = {
+    "serve": ("[OPTIONS]", "serve the API (the default; options below)", serve),
+    "openapi": ("[FILE]", "write the OpenAPI document (no database needed)", write_openapi),
+    "backup": ("PATH", "copy the SQLite database while it is in use", backup),
+    "tail": ("INSTANCE_ID", "follow an instance's log from a running server", logtail.main),
+}
 
 
 if __name__ == "__main__":
