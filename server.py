@@ -167,7 +167,7 @@ def serve(argv):
 
     def make_worker():
         server = make_server(app, sockets=[listener])
-        return lambda: run(server, cfg)
+        return lambda stopping: run(server, cfg, stopping)
 
     return prefork(listener, workers, make_worker, ready=lambda host, port: announce(
         host, port, cfg, f"{workers} worker processes, {cfg['THREADS']} threads each"))
@@ -205,11 +205,20 @@ def make_server(app, **where):
 STOP_CHECK_INTERVAL = 0.2
 
 
-def run(server, cfg):
-    """The serving loop of one process, until SIGTERM or SIGINT."""
-    stopping = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda signum, frame: stopping.set())
+# How long the requests in flight at a stop may take to finish. Waits for a
+# log are answered at once (storage.tail), so only a slow write or a slow
+# client takes this long; the parent of workers kills what is left after
+# workers.STOP_TIMEOUT.
+DRAIN_TIMEOUT = 8
+
+
+def run(server, cfg, stopping=None):
+    """The serving loop of one process, until SIGTERM or SIGINT, or until
+    `stopping` is set (a worker's, which its parent's handlers set)."""
+    if stopping is None:
+        stopping = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda signum, frame: stopping.set())
     checkpoints = threading.Thread(target=checkpoint_every, daemon=True,
                                    args=(cfg["CHECKPOINT_INTERVAL"], stopping))
     checkpoints.start()
@@ -219,8 +228,10 @@ def run(server, cfg):
                            count=1)
         # Requests waiting for a log answer now with what they have, rather
         # than hold the drain until their deadline.
-        db.tail.shutdown()
-        drain(server, deadline=time.monotonic() + 8)
+        waiting = db.tail.shutdown()
+        log.info("Stopping: finishing the requests in flight (answering %d waiting for "
+                 "a log)", waiting)
+        drain(server, deadline=time.monotonic() + DRAIN_TIMEOUT)
     finally:
         server.close()
         server.task_dispatcher.shutdown(timeout=1)
@@ -251,7 +262,6 @@ def drain(server, deadline):
     deadline passes."""
     server.del_channel()
     server.socket.close()
-    log.info("Stopping: finishing the requests in flight")
 
     def busy():
         dispatcher = server.task_dispatcher

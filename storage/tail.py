@@ -164,10 +164,11 @@ class Tail:
 
     def shutdown(self):
         """The server is stopping: every waiter answers now with what it
-        has, and no new wait begins."""
+        has, and no new wait begins. How many were waiting."""
         with self.lock:
             self.stopping = True
             self.touch_every()
+            return self.waits
 
     def stop(self):
         """Stop the watcher (closing the database, or before a fork); the next
