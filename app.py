@@ -16,7 +16,8 @@ from urllib.parse import urlsplit
 
 import flask_smorest
 import orjson
-from flask import Flask, Request as FlaskRequest, Response as FlaskResponse, current_app, request
+from flask import (Flask, Request as FlaskRequest, Response as FlaskResponse, current_app,
+                   has_app_context, request)
 from flask.json.provider import JSONProvider
 from peewee import DatabaseError
 from werkzeug.exceptions import InternalServerError, ServiceUnavailable
@@ -25,6 +26,7 @@ from werkzeug.utils import cached_property
 import loglines
 import migrations
 import models
+import storage
 from routes import BLUEPRINTS
 from routes.access import load_tokens, protected, require_token
 from routes.docs import HttpDocs, page as docs_page
@@ -133,13 +135,25 @@ class Response(FlaskResponse):
 
 class App(Flask):
     """Flask, without the coroutine check on each view and hook call (six per
-    request): nothing here is async."""
+    request): nothing here is async. Each app has its own `database`
+    (create_app), several apps may live in one process."""
 
     request_class = Request
     response_class = Response
+    database = None
 
     def ensure_sync(self, func):
         return func
+
+
+def context_database():
+    """The database of the app whose context is pushed, if any: what
+    `storage.db` is outside a request (a background job, `with
+    app.app_context()`); inside one, Traced has said already."""
+    return current_app.database if has_app_context() else None
+
+
+db.in_context = context_database
 
 
 class OrjsonProvider(JSONProvider):
@@ -377,13 +391,17 @@ def create_app(config=None):
     """Build the app: defaults, then INSTANCES_* variables, then `config`."""
     app = configured_app(config)
 
-    db.initialize(open_database(
+    # The app's own database: `storage.db` is this one in the app's context,
+    # and outside any app's context too until another app is made (the
+    # command-line tools, the server's own threads).
+    app.database = open_database(
         database_target(app.config), busy_timeout=app.config["BUSY_TIMEOUT"],
-        synchronous=app.config["SYNCHRONOUS"]))
-    migrations.create_tables()
-    if app.config["DATABASE"] != ":memory:":
+        synchronous=app.config["SYNCHRONOUS"])
+    db.initialize(app.database)
+    with app.app_context():
+        migrations.create_tables()
         verify_wal()
-    models.follow_logs(app.config["MAX_WAITS"])
+        models.follow_logs(app.config["MAX_WAITS"])
     tokens = app.config["TOKENS"]
 
     if tokens:
@@ -406,22 +424,23 @@ def create_app(config=None):
     app.register_error_handler(Exception, handle_unexpected)
     app.register_error_handler(DatabaseError, handle_database_error)
     app.register_error_handler(WriterBusy, handle_database_error)
-    app.wsgi_app = Traced(app.wsgi_app)
+    app.wsgi_app = Traced(app.wsgi_app, app.database)
     return app
 
 
 class Traced:
     """WSGI middleware for what every response carries: the request id
     (X-Request-ID, the one sent when it is sane, else a new one), nosniff,
-    and its access log line.
+    and its access log line; and, for the length of the request, the app's
+    database as the one `storage.db` stands for (storage.AppDatabase).
 
     Done on the WSGI call rather than in Flask's request hooks (request
     proxies, Headers, g), which cost about 20 of the 120 µs of a GET by id
     in-process, and under load a request's Python time is several times
     its in-process time (bench/README.md "Where the time goes")."""
 
-    def __init__(self, wsgi_app):
-        self.wsgi_app = wsgi_app
+    def __init__(self, wsgi_app, database):
+        self.wsgi_app, self.database = wsgi_app, database
 
     def __call__(self, environ, start_response):
         started = time.perf_counter()
@@ -454,7 +473,13 @@ class Traced:
                     loglines.access_lines.line(access_log.name, line)
             return start_response(status, headers, exc_info)
 
-        return self.wsgi_app(environ, start)
+        # Set once here, read by every query of the request: cheaper than
+        # finding the app from Flask's context at each use.
+        token = storage.current.set(self.database)
+        try:
+            return self.wsgi_app(environ, start)
+        finally:
+            storage.current.reset(token)
 
 
 REQUEST_ID = "instance_api.request_id"
