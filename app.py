@@ -16,7 +16,8 @@ from urllib.parse import urlsplit
 
 import flask_smorest
 import orjson
-from flask import Flask, Request as FlaskRequest, Response as FlaskResponse, current_app, request
+from flask import (Flask, Request as FlaskRequest, Response as FlaskResponse, current_app,
+                   has_app_context, request)
 from flask.json.provider import JSONProvider
 from peewee import DatabaseError
 from werkzeug.exceptions import InternalServerError, ServiceUnavailable
@@ -25,6 +26,7 @@ from werkzeug.utils import cached_property
 import loglines
 import migrations
 import models
+import storage
 from routes import BLUEPRINTS
 from routes.access import load_tokens, protected, require_token
 from routes.docs import HttpDocs, page as docs_page
@@ -133,13 +135,25 @@ class Response(FlaskResponse):
 
 class App(Flask):
     """Flask, without the coroutine check on each view and hook call (six per
-    request): nothing here is async."""
+    request): nothing here is async. Each app has its own `database`
+    (create_app), several apps may live in one process."""
 
     request_class = Request
     response_class = Response
+    database = None
 
     def ensure_sync(self, func):
         return func
+
+
+def context_database():
+    """The database of the app whose context is pushed, if any: what
+    `storage.db` is outside a request (a background job, `with
+    app.app_context()`); inside one, Traced has said already."""
+    return current_app.database if has_app_context() else None
+
+
+db.in_context = context_database
 
 
 class OrjsonProvider(JSONProvider):
@@ -213,8 +227,8 @@ def handle_database_error(exc):
     reason = unavailable(exc)
     if reason is None:
         return handle_unexpected(exc)
-    log.warning("Database unavailable for %s %s (request %s): %s",
-                request.method, request.path, request_id(), reason)
+    log.warning("Database unavailable for %s (request %s): %s",
+                client_request(), request_id(), reason)
     busy = any(word in reason for word in ("lock", "busy", "serialize", "deadlock"))
     return problem(ServiceUnavailable(
         description=f"The database cannot take this request now ({reason}); "
@@ -222,10 +236,15 @@ def handle_database_error(exc):
         retry_after=1 if busy else 30))
 
 
+def client_request():
+    """The request's method and path for a log line, escaped: a host's own
+    log handlers (an embedding app) may write them as they are."""
+    return loglines.escape(f"{request.method} {request.path}")
+
+
 def handle_unexpected(exc):
     """A fault no handler expected: full trace in the log, nothing to the client."""
-    log.exception("Unhandled error in %s %s (request %s)",
-                  request.method, request.path, request_id())
+    log.exception("Unhandled error in %s (request %s)", client_request(), request_id())
     return problem(InternalServerError(
         description="An unexpected error occurred; it was logged with this request_id."))
 
@@ -339,22 +358,50 @@ def shown_database(config):
     return parts.geturl()
 
 
-def create_app(config=None):
-    """Build the app: defaults, then INSTANCES_* variables, then `config`."""
+def configured_app(config=None, environment=True):
+    """An App with its settings: defaults, then INSTANCES_* variables (when
+    `environment`), then `config`; no database, no routes yet."""
     app = App(__name__, static_folder=None)
     app.json = OrjsonProvider(app)
     app.config.from_mapping(DEFAULTS)
-    app.config.from_prefixed_env("INSTANCES")
+    if environment:
+        app.config.from_prefixed_env("INSTANCES")
     app.config.update(config or {})
     coerce_settings(app.config)
+    return app
 
-    db.initialize(open_database(
+
+def register_api(app):
+    """The API's routes and their OpenAPI document, on `app`."""
+    api = Api(app, spec_kwargs={"extra_plugins": [
+        HttpDocs({"Problem": ProblemSchema, "LogCreate": LogCreateSchema})]})
+    for blueprint in BLUEPRINTS:
+        api.register_blueprint(blueprint)
+    return api
+
+
+def openapi_document():
+    """The OpenAPI document GET /api/openapi.json serves, built from the
+    routes and the default settings alone: no database is opened and no
+    INSTANCES_* variable is read (the document does not depend on them)."""
+    return register_api(configured_app(environment=False)).spec.to_dict()
+
+
+def create_app(config=None):
+    """Build the app: defaults, then INSTANCES_* variables, then `config`."""
+    app = configured_app(config)
+
+    # The app's own database: `storage.db` is this one in the app's context,
+    # and outside any app's context too until another app is made (the
+    # command-line tools, the server's own threads).
+    app.database = open_database(
         database_target(app.config), busy_timeout=app.config["BUSY_TIMEOUT"],
-        synchronous=app.config["SYNCHRONOUS"]))
-    migrations.create_tables()
-    if app.config["DATABASE"] != ":memory:":
+        synchronous=app.config["SYNCHRONOUS"])
+    db.initialize(app.database)
+    with app.app_context():
+        migrations.create_tables()
         verify_wal()
-    models.follow_logs(app.config["MAX_WAITS"])
+        models.follow_logs(app.config["MAX_WAITS"])
     tokens = app.config["TOKENS"]
 
     if tokens:
@@ -369,10 +416,7 @@ def create_app(config=None):
         # open on its connection.
         db.release()
 
-    api = Api(app, spec_kwargs={"extra_plugins": [
-        HttpDocs({"Problem": ProblemSchema, "LogCreate": LogCreateSchema})]})
-    for blueprint in BLUEPRINTS:
-        api.register_blueprint(blueprint)
+    register_api(app)
     # Pages for browsers, not API: registered beside the Api, so they stay out
     # of the OpenAPI document.
     app.register_blueprint(docs_page)
@@ -380,22 +424,23 @@ def create_app(config=None):
     app.register_error_handler(Exception, handle_unexpected)
     app.register_error_handler(DatabaseError, handle_database_error)
     app.register_error_handler(WriterBusy, handle_database_error)
-    app.wsgi_app = Traced(app.wsgi_app)
+    app.wsgi_app = Traced(app.wsgi_app, app.database)
     return app
 
 
 class Traced:
     """WSGI middleware for what every response carries: the request id
     (X-Request-ID, the one sent when it is sane, else a new one), nosniff,
-    and its access log line.
+    and its access log line; and, for the length of the request, the app's
+    database as the one `storage.db` stands for (storage.AppDatabase).
 
     Done on the WSGI call rather than in Flask's request hooks (request
     proxies, Headers, g), which cost about 20 of the 120 µs of a GET by id
     in-process, and under load a request's Python time is several times
     its in-process time (bench/README.md "Where the time goes")."""
 
-    def __init__(self, wsgi_app):
-        self.wsgi_app = wsgi_app
+    def __init__(self, wsgi_app, database):
+        self.wsgi_app, self.database = wsgi_app, database
 
     def __call__(self, environ, start_response):
         started = time.perf_counter()
@@ -416,16 +461,25 @@ class Traced:
             if access_log.isEnabledFor(logging.INFO):
                 query = environ.get("QUERY_STRING")
                 path = environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8", "replace")
-                line = (f"{environ['REQUEST_METHOD']} {f'{path}?{query}' if query else path} "
-                        f"{status[:3]} {(time.perf_counter() - started) * 1000:.1f}ms "
-                        f"request_id={request_id}")
+                # The method, path and query are the client's: escaped
+                # (loglines.escape), one request stays one line.
+                line = loglines.escape(
+                    f"{environ['REQUEST_METHOD']} {f'{path}?{query}' if query else path} "
+                    f"{status[:3]} {(time.perf_counter() - started) * 1000:.1f}ms "
+                    f"request_id={request_id}")
                 if loglines.access_lines is None:
                     access_log.info("%s", line)
                 else:
                     loglines.access_lines.line(access_log.name, line)
             return start_response(status, headers, exc_info)
 
-        return self.wsgi_app(environ, start)
+        # Set once here, read by every query of the request: cheaper than
+        # finding the app from Flask's context at each use.
+        token = storage.current.set(self.database)
+        try:
+            return self.wsgi_app(environ, start)
+        finally:
+            storage.current.reset(token)
 
 
 REQUEST_ID = "instance_api.request_id"

@@ -4,11 +4,33 @@ write to stderr."""
 import collections
 import logging
 import os
+import re
 import sys
 import threading
 import time
 
 access_log = logging.getLogger("instance_api.access")
+
+# What may not reach a log line as it is: C0 and C1 controls, DEL, and the
+# two Unicode line separators. A decoded path with a newline in it (%0a)
+# would otherwise start a second line that looks like the server's own (a
+# forged access line), and ESC (%1b) would reach the terminal of whoever
+# reads the log.
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape(text):
+    """`text` with each control character written as \\xNN (\\uNNNN for the
+    line separators), so that it stays on its line. A text without one,
+    nearly every request's, is only searched."""
+    if CONTROL.search(text) is None:
+        return text
+    return CONTROL.sub(_escaped, text)
+
+
+def _escaped(match):
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 class LineBatches(logging.Handler):
@@ -84,6 +106,13 @@ class Formatter(logging.Formatter):
     second formatted once per second rather than once per line."""
 
     _second = (None, "")
+
+    def formatMessage(self, record):
+        # Every message one line, whoever logged it and whatever it quotes
+        # (a path, a header, a database's error text); a traceback, added
+        # after the message, keeps its lines.
+        record.message = escape(record.message)
+        return super().formatMessage(record)
 
     def formatTime(self, record, datefmt=None):
         if datefmt is not None:

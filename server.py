@@ -1,4 +1,4 @@
-"""Serving: the `instance-api` command line (serve, openapi, backup, tail),
+"""Serving: the `instance-api` command line (COMMANDS: serve, openapi, backup, tail, mcp),
 waitress with its framing checks, draining on SIGTERM, and WAL checkpoints.
 
 Not here: the application itself (app.py), the worker processes
@@ -24,7 +24,7 @@ from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.task import ErrorTask
 
 import logtail
-from app import DEFAULTS, PROBLEM_TYPE, create_app, shown_database
+from app import DEFAULTS, PROBLEM_TYPE, create_app, openapi_document, shown_database
 from loglines import configure_logging
 from storage import db
 from storage.backup import BackupFailed
@@ -76,13 +76,14 @@ class ProblemChannel(HTTPChannel):
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(
-        prog="instance-api",
-        description="Serve the Instance Management API with waitress. Flags override "
-                    "the INSTANCES_* environment variables.",
-        epilog="`instance-api serve [flags]` is the same as `instance-api [flags]`. Other "
-               "commands: `instance-api openapi [FILE]` writes the OpenAPI "
-               "document; `instance-api backup PATH` copies the database while it is "
-               "in use; `instance-api tail INSTANCE_ID` follows an instance's log.")
+        prog="instance-api", usage="instance-api [COMMAND] [ARGS]",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="The Instance Management API and its tools.\n\ncommands:\n" + "".join(
+            f"  {name + ' ' + args:<24}{summary}\n"
+            for name, (args, summary, _) in COMMANDS.items()),
+        epilog="The options are serve's; they override the INSTANCES_* environment\n"
+               "variables. `instance-api [options]` serves too. `instance-api COMMAND\n"
+               "--help` describes a command.")
     parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on, 0 for any free one "
                                                  "(default 8080)")
@@ -101,15 +102,11 @@ def parse_args(argv):
 
 
 def main(argv=None):
-    """`instance-api [serve] [flags]` serves; `instance-api openapi [FILE]`
-    writes the API's OpenAPI document; `instance-api backup PATH` copies the
-    database; `instance-api tail INSTANCE_ID` follows an instance's log as a
-    client of a running server (logtail.py)."""
+    """`instance-api [COMMAND] [ARGS]`: the command's exit code. Without a
+    command (or with flags first), serve."""
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"serve": serve, "openapi": write_openapi, "backup": backup, "tail": logtail.main,
-                "mcp": mcp}
-    if argv[:1] and argv[0] in commands:
-        return commands[argv[0]](argv[1:])
+    if argv[:1] and argv[0] in COMMANDS:
+        return COMMANDS[argv[0]][2](argv[1:])
     return serve(argv)
 
 
@@ -122,18 +119,22 @@ def mcp(argv):
 def write_openapi(argv):
     parser = argparse.ArgumentParser(
         prog="instance-api openapi",
-        description="Write the OpenAPI document that GET /api/openapi.json serves.")
+        description="Write the OpenAPI document that GET /api/openapi.json serves. It is "
+                    "built from the code alone: no database is opened and no INSTANCES_* "
+                    "variable is read.")
     parser.add_argument("file", nargs="?", help="where to write it (default: standard output)")
     args = parser.parse_args(argv)
-    # The document does not depend on the data, so no database file is made.
-    app = create_app({"DATABASE": ":memory:"})
-    text = json.dumps(app.test_client().get("/api/openapi.json").get_json(), indent=2) + "\n"
-    db.close_all()
-    if args.file:
-        with open(args.file, "w", encoding="utf-8") as out:
-            out.write(text)
-    else:
-        sys.stdout.write(text)
+    try:
+        text = json.dumps(openapi_document(), indent=2) + "\n"
+        if args.file:
+            with open(args.file, "w", encoding="utf-8") as out:
+                out.write(text)
+        else:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+    except (OSError, ValueError, TypeError) as exc:
+        print(f"Cannot write the OpenAPI document: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -172,7 +173,7 @@ def serve(argv):
 
     def make_worker():
         server = make_server(app, sockets=[listener])
-        return lambda: run(server, cfg)
+        return lambda stopping: run(server, cfg, stopping)
 
     return prefork(listener, workers, make_worker, ready=lambda host, port: announce(
         host, port, cfg, f"{workers} worker processes, {cfg['THREADS']} threads each"))
@@ -210,11 +211,20 @@ def make_server(app, **where):
 STOP_CHECK_INTERVAL = 0.2
 
 
-def run(server, cfg):
-    """The serving loop of one process, until SIGTERM or SIGINT."""
-    stopping = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda signum, frame: stopping.set())
+# How long the requests in flight at a stop may take to finish. Waits for a
+# log are answered at once (storage.tail), so only a slow write or a slow
+# client takes this long; the parent of workers kills what is left after
+# workers.STOP_TIMEOUT.
+DRAIN_TIMEOUT = 8
+
+
+def run(server, cfg, stopping=None):
+    """The serving loop of one process, until SIGTERM or SIGINT, or until
+    `stopping` is set (a worker's, which its parent's handlers set)."""
+    if stopping is None:
+        stopping = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda signum, frame: stopping.set())
     checkpoints = threading.Thread(target=checkpoint_every, daemon=True,
                                    args=(cfg["CHECKPOINT_INTERVAL"], stopping))
     checkpoints.start()
@@ -224,8 +234,10 @@ def run(server, cfg):
                            count=1)
         # Requests waiting for a log answer now with what they have, rather
         # than hold the drain until their deadline.
-        db.tail.shutdown()
-        drain(server, deadline=time.monotonic() + 8)
+        waiting = db.tail.shutdown()
+        log.info("Stopping: finishing the requests in flight (answering %d waiting for "
+                 "a log)", waiting)
+        drain(server, deadline=time.monotonic() + DRAIN_TIMEOUT)
     finally:
         server.close()
         server.task_dispatcher.shutdown(timeout=1)
@@ -256,7 +268,6 @@ def drain(server, deadline):
     deadline passes."""
     server.del_channel()
     server.socket.close()
-    log.info("Stopping: finishing the requests in flight")
 
     def busy():
         dispatcher = server.task_dispatcher
@@ -310,6 +321,17 @@ def backup(argv):
 def report_progress(copied, total):
     print(f"\rcopied {copied}/{total} pages ({100 * copied // max(total, 1)}%)",
           end="" if copied < total else "\n", file=sys.stderr, flush=True)
+
+
+# The commands: the arguments they take and the line `instance-api --help`
+# gives each. `serve` is also what runs without a command.
+COMMANDS = {
+    "serve": ("[OPTIONS]", "serve the API (the default; options below)", serve),
+    "openapi": ("[FILE]", "write the OpenAPI document (no database needed)", write_openapi),
+    "backup": ("PATH", "copy the SQLite database while it is in use", backup),
+    "tail": ("INSTANCE_ID", "follow an instance's log from a running server", logtail.main),
+    "mcp": ("--url URL", "serve the API as MCP tools over stdio (the mcp extra)", mcp),
+}
 
 
 if __name__ == "__main__":

@@ -80,7 +80,14 @@ def prefork(listener, workers, make_worker, ready):
     says so ("Cannot start") and exits 2. Later, a worker that dies is
     replaced (one that then cannot start is tried again, less and less
     often); SIGTERM or SIGINT is passed on, and each worker finishes its
-    requests in flight before the parent exits 0."""
+    requests in flight before the parent exits 0.
+
+    Shutdown is shutdown, whoever gets the signal: a worker exits 0 only
+    when told to stop, so a worker that exits 0 (or dies of SIGTERM or
+    SIGINT) is never replaced; the parent takes it for a stop of the whole
+    server (systemd's KillMode=control-group and `kill -TERM -- -PGID`
+    signal the workers too, and a worker may exit before the parent has
+    seen its own signal). Once stopping, the parent starts no worker."""
     # No connection may cross the fork: each worker opens its own.
     db.close_all()
     # What the parent built (the app, its schemas, the modules) is shared
@@ -100,8 +107,9 @@ def prefork(listener, workers, make_worker, ready):
         if pid == 0:  # the worker
             die_with(parent)
             os.close(reports)
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(signum, signal.SIG_DFL)
+            # The handlers stay: a SIGTERM or SIGINT from now on sets this
+            # process's copy of `stopping`, which its serving loop watches
+            # (one that comes while it starts ends it once it is ready).
             code = 1
             try:
                 try:
@@ -112,7 +120,7 @@ def prefork(listener, workers, make_worker, ready):
                     code = 2
                 else:
                     tell(reporter, "ready")
-                    code = serve_here()
+                    code = serve_here(stopping)
             finally:
                 logging.shutdown()   # its last lines: os._exit skips this
                 os._exit(code)
@@ -130,7 +138,13 @@ def prefork(listener, workers, make_worker, ready):
     if not stopping.is_set():
         ready(*listener.getsockname()[:2])
     while not stopping.is_set():
-        for _ in range(watch.poll(timeout=0.2)):
+        replace = watch.poll(timeout=0.2)
+        if watch.stopped is not None:
+            log.info("Worker %d was told to stop; stopping the server", watch.stopped)
+            break
+        for _ in range(replace):
+            if stopping.is_set():   # a signal that came during poll
+                break
             watch.started(spawn())
     # The socket closes when its last holder closes it: the parent's copy
     # first, so that once each worker has closed its own (drain) new
@@ -141,6 +155,12 @@ def prefork(listener, workers, make_worker, ready):
     return 0
 
 
+# How a worker that was told to stop exits: 0 from its serving loop, or the
+# signal itself if it came before the worker could handle it.
+STOPPED = (0, -signal.SIGTERM, -signal.SIGINT)
+# How long a worker may take to stop (server.DRAIN_TIMEOUT, and a little
+# more) before it is killed.
+STOP_TIMEOUT = 10
 # How long the workers may take to report at start (a PostgreSQL server
 # that does not answer is given up on by the driver well before).
 STARTUP_TIMEOUT = 60
@@ -188,6 +208,8 @@ class Workers:
     def __init__(self, reports):
         self.reports, self.buffered = reports, b""
         self.running, self.ready, self.failed = set(), set(), {}
+        # A worker that exited as a stopped one does (STOPPED), if any.
+        self.stopped = None
         self.retry, self.delay = [], RETRY_FIRST
 
     def started(self, pid):
@@ -248,7 +270,10 @@ class Workers:
         self.read_reports(timeout)
         now, replace = time.monotonic(), 0
         for pid, code in self.reap().items():
-            if pid in self.ready:
+            if pid in self.ready and code in STOPPED:
+                self.ready.discard(pid)
+                self.stopped = pid
+            elif pid in self.ready:
                 self.ready.discard(pid)
                 log.warning("Worker %d exited (status %d); starting another", pid, code)
                 replace += 1
@@ -264,10 +289,11 @@ class Workers:
         return replace + len(due)
 
     def stop_all(self):
-        """SIGTERM to every worker; those still running after 10 s are killed."""
+        """SIGTERM to every worker; those still running after STOP_TIMEOUT
+        are killed."""
         for pid in self.running:
             os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + STOP_TIMEOUT
         while self.running and time.monotonic() < deadline:
             self.reap()
             time.sleep(0.05)

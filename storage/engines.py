@@ -162,14 +162,39 @@ class PooledPostgres(PooledPostgresqlDatabase):
         return psycopg.connect(conninfo=self.database, autocommit=True, **self.connect_params)
 
 
+# The oldest SQLite the statements run on: concat() came in 3.44, deleting
+# from a contentless full-text table (the name search) in 3.43.
+SQLITE_MINIMUM = (3, 44, 0)
+
+
+def check_sqlite(path):
+    """Refuse, before opening anything, what this service cannot run on:
+    a SQLite library older than SQLITE_MINIMUM (the one cysqlite links,
+    which is not necessarily the system's), or an in-memory database, which
+    SQLite gives each connection (one per thread here) of its own: every
+    request thread would see another, empty database."""
+    version = cysqlite.sqlite_version_info
+    if tuple(version[:3]) < SQLITE_MINIMUM:
+        raise DatabaseUnfit(
+            f"the SQLite library is {cysqlite.sqlite_version}; this service needs "
+            f"{'.'.join(map(str, SQLITE_MINIMUM[:2]))} or later (upgrade cysqlite, whose "
+            "wheels bring their own SQLite)")
+    if path in ("", ":memory:") or (path.startswith("file:") and "mode=memory" in path):
+        raise DatabaseUnfit(
+            f"an in-memory SQLite database ({path or 'empty name'}) would be a different, "
+            "empty database in each thread; use a file (a temporary one for tests)")
+
+
 def open_sqlite(path, busy_timeout=5.0, synchronous="NORMAL"):
-    """A SQLite database, a connection per thread (ThreadSqliteDatabase).
+    """A SQLite database, a connection per thread (ThreadSqliteDatabase),
+    once check_sqlite has found nothing to refuse.
 
     Every transaction begins IMMEDIATE, taking the write lock up front: the
     writes that read first (If-Match, idempotency keys, parent checks) then
     cannot interleave, and no transaction has to upgrade a read lock, which
     in WAL mode fails at once instead of waiting for the busy timeout.
     """
+    check_sqlite(path)
     database = ThreadSqliteDatabase(
         path, pragmas=sqlite_pragmas(synchronous, busy_timeout), lock_type="IMMEDIATE",
         rank_functions=False,   # full-text ranking; nothing here searches that way

@@ -34,6 +34,8 @@ import threading
 import time
 from contextlib import contextmanager
 
+from storage import current
+
 log = logging.getLogger("instance_api")
 
 # How often the SQLite watcher looks at data_version: a commit in another
@@ -164,10 +166,11 @@ class Tail:
 
     def shutdown(self):
         """The server is stopping: every waiter answers now with what it
-        has, and no new wait begins."""
+        has, and no new wait begins. How many were waiting."""
         with self.lock:
             self.stopping = True
             self.touch_every()
+            return self.waits
 
     def stop(self):
         """Stop the watcher (closing the database, or before a fork); the next
@@ -242,6 +245,10 @@ class Polling(Watcher):
         self.database, self.versions = database, versions
 
     def watch(self):
+        # `versions` queries through storage.db: on this thread, that is
+        # the database of the app this watcher serves, whichever app was
+        # made last.
+        current.set(self.database)
         self.ready.set()
         seen = None     # the first round reads every version
         try:

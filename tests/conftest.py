@@ -192,9 +192,11 @@ class Server:
 
     Output goes to a file, not a pipe, so a chatty server never blocks on a
     full pipe that nobody reads. `env` adds INSTANCES_* settings; `db` names
-    another database file than tmp_path/live.db."""
+    another database file than tmp_path/live.db. With `session`, the server
+    leads a process group of its own (for signals sent to its whole group)."""
 
-    def __init__(self, tmp_path, *extra, env=None, db=None, log_name="server.log"):
+    def __init__(self, tmp_path, *extra, env=None, db=None, log_name="server.log",
+                 session=False):
         self.db_path = Path(db or tmp_path / "live.db")
         self.log_path = tmp_path / log_name
         database = database_for(self.db_path)
@@ -205,6 +207,7 @@ class Server:
                 [sys.executable, str(ROOT / "server.py"), "--port", "0", *where, *extra],
                 cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
                 env={**clean_environment(), "PYTHONUNBUFFERED": "1", **(env or {})},
+                start_new_session=session,
             )
         match = self.wait_for(r"Listening on (http://\S+) with database (\S+)")
         self.url, self.database = match.group(1), match.group(2)
