@@ -330,7 +330,7 @@ COMMANDS = {
     "openapi": ("[FILE]", "write the OpenAPI document (no database needed)", write_openapi),
     "backup": ("PATH", "copy the SQLite database while it is in use", backup),
     "tail": ("INSTANCE_ID", "follow an instance's log from a running server", logtail.main),
-    "mcp": ("--url URL", "serve the API as MCP tools over stdio (the mcp extra)", mcp),
+    "mcp": ("[OPTIONS]", "serve the API as MCP tools over stdio (--url URL; the mcp extra)", mcp),
 }
 
 
