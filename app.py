@@ -193,6 +193,8 @@ def problem(error):
         body["detail"] = "The request did not pass validation: " + ", ".join(
             f"{where}.{field}" for where, fields in errors.items() for field in fields) + "."
         body["errors"] = errors
+    # Members a route adds to its problem (a 409 heartbeat's instance status).
+    body.update(data.get("members") or {})
     if error.code >= 500:
         body["request_id"] = request_id()
     response = error.get_response()

@@ -7,6 +7,7 @@ given, in which form (how many values, which selectors), the sort, whether
 there is a cursor, and on SQLite which index the label or name filter is
 answered from (search.plan). The values are bound to it on each run.
 """
+from datetime import timedelta
 from functools import lru_cache
 from typing import NamedTuple
 from urllib.parse import urlencode
@@ -17,6 +18,7 @@ from werkzeug.sansio.utils import get_current_url
 
 import search
 from models import LOG_LEVELS, Instance
+from storage.fields import utcnow
 from storage.reads import Slot, counted_representations, last_id, run
 from routes.common import invalid, matching, not_found, noun
 
@@ -57,6 +59,11 @@ def bind_min_level(level):
     return bind_column(list(LOG_LEVELS[LOG_LEVELS.index(level):]))
 
 
+def bind_idle_for(seconds):
+    """idle_for=N: last active at or before N seconds ago."""
+    return None, {None: utcnow() - timedelta(seconds=seconds)}
+
+
 def bind_search(text):
     values = search.search_values(text)
     return len(values), dict(enumerate(values))
@@ -85,6 +92,11 @@ FILTERS = {
                     model.created_at >= slots[None]),
     "until": Filter(bind_column, lambda model, form, slots, drive:
                     model.created_at < slots[None]),
+    # CONTRACT 4.1, each a range of its own index.
+    "idle_for": Filter(bind_idle_for, lambda model, form, slots, drive:
+                       model.last_activity_at <= slots[None]),
+    "expires_before": Filter(bind_column, lambda model, form, slots, drive:
+                             model.expires_at < slots[None]),
 }
 
 
