@@ -21,7 +21,7 @@ from storage.engines import (
     SQLITE_PLUS_SECONDS, for_write, is_sqlite, log_watcher, plus_seconds,
 )
 from storage.fields import CanonicalUUIDField, ObjectField, UTCDateTimeField, utcnow
-from storage.ids import new_id
+from storage.ids import id_time_ms, new_id
 from storage.reads import IndexedBy, Slot, compiled
 from storage.writes import ADD_CHUNK, write
 
@@ -374,6 +374,25 @@ class InstanceLog(BaseModel):
             raise
         db.writer.after_commit(partial(db.tail.touched, str(instance_id)))
         return logs
+
+    @classmethod
+    def was_purged(cls, instance_id, log_id):
+        """Whether `log_id` (a UUID) names a log of this instance that the
+        purge deleted (CONTRACT 4.2: its cursor is 410, not 422). Ids are
+        UUIDv7, in the order they were made: a purge deletes an instance's
+        oldest logs, so a purged id lies between the instance's own id (made
+        before any of its logs) and its oldest log kept, and some of its
+        logs were deleted (log_seq past log_count; logs are deleted with
+        their instance otherwise). Any other id never named one of its logs."""
+        if id_time_ms(log_id) is None:
+            return False
+        found = Instance.select(Instance.log_count, Instance.log_seq).where(
+            Instance.id == instance_id).tuples().first()
+        if found is None or found[0] == found[1]:
+            return False
+        oldest = (cls.select(cls.id).where(cls.instance == instance_id)
+                  .order_by(cls.seq).limit(1).scalar())
+        return instance_id < log_id and (oldest is None or log_id < oldest)
 
 
 # What the database does as logs are inserted, in the inserting transaction,

@@ -24,6 +24,9 @@ from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.task import ErrorTask
 
 import logtail
+from jobs.purge import Purge, purge_command
+from jobs.reaper import Reaper
+from jobs.runner import Runner
 from app import DEFAULTS, PROBLEM_TYPE, create_app, shown_database
 from loglines import configure_logging
 from storage import db
@@ -106,7 +109,8 @@ def main(argv=None):
     database; `instance-api tail INSTANCE_ID` follows an instance's log as a
     client of a running server (logtail.py)."""
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"serve": serve, "openapi": write_openapi, "backup": backup, "tail": logtail.main}
+    commands = {"serve": serve, "openapi": write_openapi, "backup": backup, "tail": logtail.main,
+                "purge": purge_command}
     if argv[:1] and argv[0] in commands:
         return commands[argv[0]](argv[1:])
     return serve(argv)
@@ -161,11 +165,11 @@ def serve(argv):
     if workers == 1:
         announce(server.effective_host, server.effective_port, cfg,
                  f"1 process, {cfg['THREADS']} threads")
-        return run(server, cfg)
+        return run(server, cfg, app)
 
     def make_worker():
         server = make_server(app, sockets=[listener])
-        return lambda: run(server, cfg)
+        return lambda: run(server, cfg, app)
 
     return prefork(listener, workers, make_worker, ready=lambda host, port: announce(
         host, port, cfg, f"{workers} worker processes, {cfg['THREADS']} threads each"))
@@ -203,14 +207,17 @@ def make_server(app, **where):
 STOP_CHECK_INTERVAL = 0.2
 
 
-def run(server, cfg):
-    """The serving loop of one process, until SIGTERM or SIGINT."""
+def run(server, cfg, app):
+    """The serving loop of one process, and its background jobs, until
+    SIGTERM or SIGINT."""
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda signum, frame: stopping.set())
     checkpoints = threading.Thread(target=checkpoint_every, daemon=True,
                                    args=(cfg["CHECKPOINT_INTERVAL"], stopping))
     checkpoints.start()
+    # Started here, in each worker: threads do not survive the fork.
+    jobs = Runner(app, [Reaper.from_config(cfg), Purge.from_config(cfg)]).start()
     try:
         while not stopping.is_set():
             wasyncore.loop(timeout=STOP_CHECK_INTERVAL, map=server._map, use_poll=True,
@@ -222,6 +229,7 @@ def run(server, cfg):
     finally:
         server.close()
         server.task_dispatcher.shutdown(timeout=1)
+        jobs.stop()
         db.close_all()
     log.info("Stopped")
     return 0

@@ -56,6 +56,8 @@ ERRORS = {
                       "instance included)."),
     409: ("Conflict", "A heartbeat for an instance that has ended: `instance_status` and "
                       "`status_reason` say how. Nothing changed."),
+    410: ("Gone", "The `after` cursor names a log that the retention settings deleted: "
+                  "start again without `after`."),
     412: ("PreconditionFailed", "If-Match does not name the current ETag: the resource "
                                 "changed since it was read. Nothing was written."),
     413: ("ContentTooLarge", "The body is larger than the configured limit."),

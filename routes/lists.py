@@ -13,11 +13,12 @@ from typing import NamedTuple
 from urllib.parse import urlencode
 
 from flask import request
+from flask_smorest import abort
 from peewee import SQL, fn
 from werkzeug.sansio.utils import get_current_url
 
 import search
-from models import LOG_LEVELS, Instance
+from models import LOG_LEVELS, Instance, InstanceLog
 from storage.fields import utcnow
 from storage.reads import Slot, counted_representations, last_id, run
 from routes.common import invalid, matching, not_found, noun
@@ -229,6 +230,9 @@ def list_response(model, schema, args, instance_id=None, kept_count=None):
         if instance_id is not None and not Instance.select().where(
                 Instance.id == instance_id).exists():
             not_found(Instance, instance_id)
+        if model is InstanceLog and InstanceLog.was_purged(instance_id, args["after"]):
+            abort(410, message=f"The log {args['after']} was deleted by the retention "
+                               "settings; start again without after.")
         invalid("query", "after", f"No {noun(model)} with id {args['after']} in this list.")
     headers = {"X-Total-Count": str(total)}
     link = cursor_link(rows) if after else page_links(total, limit, offset)

@@ -63,9 +63,9 @@ def version_6(path):
     with models.db.atomic():
         for row_id, name, status in OLD:
             models.db.execute_sql(
-                "INSERT INTO instance (id, created_at, updated_at, site_id, user_id, name, "
-                "instance_type, status, configuration, environment_variables) VALUES "
-                "(%s, now(), now(), %s, %s, %s, 'ubuntu', %s, '{}', '{}')",
+                "INSERT INTO instance (id, created_at, updated_at, last_activity_at, site_id, "
+                "user_id, name, instance_type, status, configuration, environment_variables) "
+                "VALUES (%s, now(), now(), now(), %s, %s, %s, 'ubuntu', %s, '{}', '{}')",
                 (row_id, SITE, USER, name, status))
             models.db.execute_sql(
                 "INSERT INTO instance_log (id, created_at, instance_id, log_type, level, "
