@@ -236,6 +236,8 @@ class Instance(EditableModel):
     @classmethod
     def complete(cls, row):
         row = super().complete(row)
+        for name in ("idle_timeout_s", "expires_at", "status_reason"):
+            row.setdefault(name, None)   # nullable, without a default of their own
         row["last_activity_at"] = row["created_at"]
         row["idle_deadline"] = idle_deadline(row["status"], row.get("idle_timeout_s"),
                                              row["created_at"])
