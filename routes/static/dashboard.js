@@ -382,6 +382,14 @@ function logSection(id, minLevel) {
         }
         delay = 0;
       } catch (error) {
+        // The cursor's log was purged by retention (4.2): follow on from the
+        // newest log instead; what is shown stays.
+        if (error instanceof Problem && error.status === 410) {
+          const {body: logs} = await api(`${base}?limit=${LOG_PAGE}${level}`);
+          append([...logs].reverse());
+          cursor = logs[0]?.id;
+          continue;
+        }
         // Out of the network or a busy server: try again, backing off. Any
         // other answer (the instance deleted, a token needed) ends the tail.
         if (error instanceof Problem && !(error.status >= 500)) throw error;
