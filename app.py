@@ -12,6 +12,7 @@ import os
 import random
 import re
 import time
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 import flask_smorest
@@ -59,6 +60,13 @@ DEFAULTS = {
     "CHANNEL_TIMEOUT": 30,
     "CONNECTION_LIMIT": 256,
     "CHECKPOINT_INTERVAL": 60.0,
+    # CONTRACT 4.1, 4.2 (jobs/reaper.py, jobs/purge.py): seconds between
+    # passes; retention off (empty) unless set.
+    "LIFECYCLE_INTERVAL": 1.0,
+    "PURGE_INTERVAL": 60.0,
+    "LOG_RETENTION": "",
+    "LOG_MAX_PER_INSTANCE": "",
+    "ENDED_RETENTION": "",
     "API_TOKENS": "",
     "API_TOKENS_FILE": "",
     "ALLOW_OPEN_NETWORK": False,
@@ -207,6 +215,8 @@ def problem(error):
         body["detail"] = "The request did not pass validation: " + ", ".join(
             f"{where}.{field}" for where, fields in errors.items() for field in fields) + "."
         body["errors"] = errors
+    # Members a route adds to its problem (a 409 heartbeat's instance status).
+    body.update(data.get("members") or {})
     if error.code >= 500:
         body["request_id"] = request_id()
     response = error.get_response()
@@ -294,6 +304,38 @@ def waits(value):
 waits.__name__ = "count of waits (0 or more)"
 
 
+DURATION = re.compile(r"([0-9]+)([smhd])")
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(value):
+    """A retention: `90s`, `30m`, `12h`, `7d` (a timedelta), or nothing
+    (None or empty) for off."""
+    text = "" if value is None else str(value).strip()
+    if not text:
+        return None
+    found = DURATION.fullmatch(text)
+    if found is None or int(found[1]) == 0:
+        raise ValueError(value)
+    return timedelta(seconds=int(found[1]) * DURATION_UNITS[found[2]])
+
+
+duration.__name__ = "duration (like 90s, 30m, 12h or 7d; empty for off)"
+
+
+def optional_count(value):
+    """A count from 1, or nothing (None or empty) for off."""
+    if value is None or str(value).strip() == "":
+        return None
+    number = count(value)
+    if number == 0:
+        raise ValueError(value)
+    return number
+
+
+optional_count.__name__ = "count (1 or more; empty for off)"
+
+
 def positive(kind):
     def convert(value):
         number = kind(value)
@@ -312,6 +354,9 @@ SETTING_TYPES = {
     "CHANNEL_TIMEOUT": positive(int), "CONNECTION_LIMIT": positive(int),
     "CHECKPOINT_INTERVAL": positive(float), "API_TOKENS": str, "API_TOKENS_FILE": str,
     "ALLOW_OPEN_NETWORK": flag,
+    "LIFECYCLE_INTERVAL": positive(float), "PURGE_INTERVAL": positive(float),
+    "LOG_RETENTION": duration, "LOG_MAX_PER_INSTANCE": optional_count,
+    "ENDED_RETENTION": duration,
 }
 SECRET = ("API_TOKENS", "DATABASE_URL")  # may hold secrets: never repeated in a message
 

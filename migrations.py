@@ -9,7 +9,7 @@ import logging
 import time
 
 import orjson
-from peewee import fn
+from peewee import SQL, fn
 from playhouse.migrate import SchemaMigrator, migrate
 
 import search
@@ -18,13 +18,13 @@ from models import (
 )
 from storage import db
 from storage.engines import is_sqlite, schema_lock
-from storage.fields import CanonicalUUIDField, _dumps
+from storage.fields import CanonicalUUIDField, UTCDateTimeField, _dumps
 
 log = logging.getLogger("instance_api")
 
 # Files written by the first release have the tables but no schema_version.
 FIRST_VERSION = 1
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 
 class SchemaTooNew(Exception):
@@ -114,6 +114,41 @@ def _sequence_logs(migrator):
     number_logs()
 
 
+def _lifecycle(migrator):
+    """instances' activity, deadlines and end reason; log_seq"""
+    # Version 9 (CONTRACT 4.1, 4.7). NOT NULL columns are added with a
+    # DEFAULT, or filled before NOT NULL is set on PostgreSQL: a table
+    # rebuild on SQLite would cascade to every log and plan (version 3).
+    if is_sqlite():
+        activity = UTCDateTimeField(constraints=[SQL("DEFAULT ''")])
+    else:
+        activity = UTCDateTimeField(null=True)
+    migrate(
+        migrator.add_column("instance", "log_seq", Instance.log_seq, allow_not_null=True),
+        migrator.add_column("instance", "idle_timeout_s", Instance.idle_timeout_s),
+        migrator.add_column("instance", "expires_at", Instance.expires_at),
+        migrator.add_column("instance", "status_reason", Instance.status_reason),
+        migrator.add_column("instance", "idle_deadline", Instance.idle_deadline),
+        migrator.add_column("instance", "last_activity_at", activity, allow_not_null=True),
+    )
+    if is_sqlite():
+        # Made again with log_seq and the activity (IF NOT EXISTS keeps it).
+        db.execute_sql("DROP TRIGGER IF EXISTS instance_log_counted")
+    # 4.7: the latest of updated_at and the newest log or plan, never just
+    # created_at: an instance that ended yesterday must not look ended
+    # months ago to INSTANCES_ENDED_RETENTION.
+    newest_log = (InstanceLog.select(fn.MAX(InstanceLog.created_at))
+                  .where(InstanceLog.instance == Instance.id))
+    newest_plan = (InstancePlan.select(fn.MAX(InstancePlan.updated_at))
+                   .where(InstancePlan.instance == Instance.id))
+    latest = fn.MAX if is_sqlite() else fn.GREATEST
+    Instance.update(log_seq=Instance.log_count, last_activity_at=latest(
+        Instance.updated_at, fn.COALESCE(newest_log, Instance.updated_at),
+        fn.COALESCE(newest_plan, Instance.updated_at))).execute()
+    if not is_sqlite():
+        migrate(migrator.add_not_null("instance", "last_activity_at"))
+
+
 # Instances whose logs one UPDATE numbers: bounded work per statement, and a
 # progress line between statements on a big table.
 NUMBERING_CHUNK = 1000
@@ -146,7 +181,8 @@ def number_logs(chunk=NUMBERING_CHUNK):
 # need no entry: create_tables adds whatever is missing (version 4's sort
 # indexes, version 5's log counting trigger).
 MIGRATIONS = {2: _add_plan_tree_and_times, 3: _count_logs_per_instance, 4: _canonical_json,
-              6: _canonical_uuids, 7: _labels_and_search, 8: _sequence_logs}
+              6: _canonical_uuids, 7: _labels_and_search, 8: _sequence_logs,
+              9: _lifecycle}
 
 
 def create_tables():

@@ -7,6 +7,7 @@ rules live in schemas.py only. Not here: opening either engine, the column
 types, the write and read paths (storage/), and migrations (migrations.py).
 """
 import uuid
+from datetime import timedelta
 from functools import partial
 
 import orjson
@@ -16,9 +17,11 @@ from peewee import (
 )
 
 from storage import db
-from storage.engines import is_sqlite, log_watcher
+from storage.engines import (
+    SQLITE_PLUS_SECONDS, for_write, is_sqlite, log_watcher, plus_seconds,
+)
 from storage.fields import CanonicalUUIDField, ObjectField, UTCDateTimeField, utcnow
-from storage.ids import new_id
+from storage.ids import id_time_ms, new_id
 from storage.reads import IndexedBy, Slot, compiled
 from storage.writes import ADD_CHUNK, write
 
@@ -29,6 +32,10 @@ INSTANCE_STATUSES = (
     "pending", "starting", "running", "paused", "stopping", "stopped",
     "terminated", "error",
 )
+# CONTRACT 4.1: active instances can go idle; paused ones only expire;
+# ended ones are left alone by the reaper (jobs/reaper.py).
+ACTIVE_STATUSES = ("pending", "starting", "running", "stopping")
+ENDED_STATUSES = ("stopped", "terminated", "error")
 LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
 PLAN_STATUSES = ("pending", "in_progress", "completed", "failed", "cancelled")
 PLAN_DONE = ("completed", "failed", "cancelled")
@@ -168,7 +175,8 @@ class EditableModel(BaseModel):
 class Instance(EditableModel):
     RANKED = {"status": INSTANCE_STATUSES}
     SORT_INDEXES = {"name": "instance_name", "updated_at": "instance_updated_at",
-                    "status": "instance_status_rank"}
+                    "status": "instance_status_rank",
+                    "last_activity_at": "instance_last_activity_at"}
 
     site_id = CanonicalUUIDField()
     user_id = CanonicalUUIDField()
@@ -186,6 +194,21 @@ class Instance(EditableModel):
     # X-Total-Count costs one row read instead of counting 100,000 index
     # entries. Not part of the API's representation.
     log_count = IntegerField(default=0, constraints=[SQL("DEFAULT 0")])
+    # The seq of the instance's newest log ever appended: log_count until a
+    # purge deletes some (jobs/purge.py), so seq never repeats and the SQLite
+    # log watcher's version never goes back. Not part of the representation.
+    log_seq = IntegerField(default=0, constraints=[SQL("DEFAULT 0")])
+    # CONTRACT 4.1. last_activity_at moves at most once a second (ACTIVITY).
+    idle_timeout_s = IntegerField(null=True)
+    expires_at = UTCDateTimeField(null=True)
+    status_reason = TextField(null=True)
+    last_activity_at = UTCDateTimeField()
+    # When the reaper ends it as idle: last_activity_at + idle_timeout_s
+    # while the status is active and a timeout is set, else NULL. Kept with
+    # last_activity_at, so that the reaper reads the due instances from an
+    # index (instance_idle_deadline) and no other row. Not part of the
+    # representation.
+    idle_deadline = UTCDateTimeField(null=True)
 
     class Meta:
         # Each list filter with the newest-first order in one index, so a
@@ -203,14 +226,78 @@ class Instance(EditableModel):
             # row; the status order is its lifecycle rank, below.
             (("name",), False),
             (("updated_at",), False),
+            # sort=last_activity_at, idle_for, and the ended instances the
+            # purge looks for (INSTANCES_ENDED_RETENTION).
+            (("last_activity_at",), False),
+            # expires_before.
+            (("expires_at",), False),
         )
 
     @classmethod
+    def complete(cls, row):
+        row = super().complete(row)
+        for name in ("idle_timeout_s", "expires_at", "status_reason"):
+            row.setdefault(name, None)   # nullable, without a default of their own
+        row["last_activity_at"] = row["created_at"]
+        row["idle_deadline"] = idle_deadline(row["status"], row.get("idle_timeout_s"),
+                                             row["created_at"])
+        return row
+
+    def apply(self, changes):
+        """As EditableModel.apply, and (CONTRACT 4.1) a new status without a
+        status_reason clears the reason; the write counts as activity."""
+        if "status" in changes and "status_reason" not in changes \
+                and changes["status"] != self.status:
+            changes = {**changes, "status_reason": None}
+        before = self.updated_at
+        super().apply(changes)
+        if self.updated_at == before:
+            self.touch(utcnow())
+        return self
+
+    def changed(self, names, now):
+        self.last_activity_at = now
+        self.idle_deadline = idle_deadline(self.status, self.idle_timeout_s, now)
+        return ("last_activity_at", "idle_deadline")
+
+    def touch(self, now):
+        """Record activity at `now` unless it was recorded less than a second
+        ago (CONTRACT 4.7); inside the caller's write, the row locked."""
+        if self.last_activity_at is None or self.last_activity_at <= now - ACTIVITY_STEP:
+            self.last_activity_at = now
+            self.idle_deadline = idle_deadline(self.status, self.idle_timeout_s, now)
+            self.save(only=["last_activity_at", "idle_deadline"])
+
+    @classmethod
+    def record_activity(cls, instance_id, now=None):
+        """One statement: the instance's last_activity_at is `now` unless it
+        was moved less than a second ago (a plan written, a heartbeat). Part
+        of the caller's write, so of its transaction."""
+        now = now or utcnow()
+        cls.update(last_activity_at=now, idle_deadline=Case(
+            None, [(cls.idle_deadline.is_null(), None)],
+            plus_seconds(cls.last_activity_at.db_value(now), cls.idle_timeout_s))
+        ).where(cls.id == instance_id, cls.last_activity_at <= now - ACTIVITY_STEP).execute()
+
+    @classmethod
     def log_counts(cls, ids):
-        """{id: log_count} of the instances `ids` that exist: the versions
-        the SQLite log watcher compares (storage.tail), in one query."""
+        """{id: log_seq} of the instances `ids` that exist: the versions the
+        SQLite log watcher compares (storage.tail), in one query. log_seq,
+        not log_count: a purge lowers the count, and a purge and an append
+        between two looks would leave the count where it was."""
         return {str(key): count for key, count in
-                cls.select(cls.id, cls.log_count).where(cls.id.in_(ids)).tuples()}
+                cls.select(cls.id, cls.log_seq).where(cls.id.in_(ids)).tuples()}
+
+    @classmethod
+    def heartbeat(cls, instance_id):
+        """(status, status_reason) of the instance, None when there is none;
+        its activity recorded unless it has ended (CONTRACT 4.7: a heartbeat
+        for an ended instance changes nothing). Inside the caller's write."""
+        found = for_write(cls.select(cls.status, cls.status_reason)
+                          .where(cls.id == instance_id)).tuples().first()
+        if found is not None and found[0] not in ENDED_STATUSES:
+            cls.record_activity(instance_id)
+        return found
 
     def delete_instance(self, *args, **kwargs):
         """Delete the instance (its logs and plans cascade); its live tails
@@ -223,6 +310,28 @@ class Instance(EditableModel):
 # In parentheses of its own: PostgreSQL takes an expression in an index only so.
 Instance.add_index(Instance.index(EnclosedNodeList([Instance.sort_key("status")]),
                                   name="instance_status_rank"))
+# What the reaper reads (jobs/reaper.py): only instances with a deadline are
+# in these, so a pass reads the due ones and stops. The conditions are
+# literals, written as the reaper's queries write them (a partial index
+# serves a query whose WHERE implies its own).
+Instance.add_index(Instance.index(Instance.idle_deadline, name="instance_idle_deadline",
+                                  where=Instance.idle_deadline.is_null(False)))
+EXPIRING = SQL("status IN (" + ", ".join(f"'{status}'" for status in (*ACTIVE_STATUSES, "paused"))
+               + ")")
+Instance.add_index(Instance.index(Instance.expires_at, name="instance_expiring",
+                                  where=(Instance.expires_at.is_null(False) & EXPIRING)))
+
+# A write that finds last_activity_at younger than this leaves it (CONTRACT
+# 4.1: it may trail the true time by at most 1 s). Logs are the hot path:
+# an append records activity once a second per instance, not per log.
+ACTIVITY_STEP = timedelta(seconds=1)
+
+
+def idle_deadline(status, idle_timeout_s, last_activity_at):
+    """When an instance in this state goes idle, or None for never."""
+    if status not in ACTIVE_STATUSES or idle_timeout_s is None:
+        return None
+    return last_activity_at + timedelta(seconds=idle_timeout_s)
 
 
 class InstanceLog(BaseModel):
@@ -268,6 +377,25 @@ class InstanceLog(BaseModel):
         db.writer.after_commit(partial(db.tail.touched, str(instance_id)))
         return logs
 
+    @classmethod
+    def was_purged(cls, instance_id, log_id):
+        """Whether `log_id` (a UUID) names a log of this instance that the
+        purge deleted (CONTRACT 4.2: its cursor is 410, not 422). Ids are
+        UUIDv7, in the order they were made: a purge deletes an instance's
+        oldest logs, so a purged id lies between the instance's own id (made
+        before any of its logs) and its oldest log kept, and some of its
+        logs were deleted (log_seq past log_count; logs are deleted with
+        their instance otherwise). Any other id never named one of its logs."""
+        if id_time_ms(log_id) is None:
+            return False
+        found = Instance.select(Instance.log_count, Instance.log_seq).where(
+            Instance.id == instance_id).tuples().first()
+        if found is None or found[0] == found[1]:
+            return False
+        oldest = (cls.select(cls.id).where(cls.instance == instance_id)
+                  .order_by(cls.seq).limit(1).scalar())
+        return instance_id < log_id and (oldest is None or log_id < oldest)
+
 
 # What the database does as logs are inserted, in the inserting transaction,
 # so that every insert does it (the API, a bulk seed):
@@ -293,30 +421,51 @@ class InstanceLog(BaseModel):
 # index, which also sees the rows this statement inserted before it; the
 # next logs of the same instance in the transaction count on from there
 # (remembered in a setting local to the transaction, undone with it), which
-# took a batch of 100 logs from 44 to 32 µs a row. Logs are deleted only with
-# their instance.
+# took a batch of 100 logs from 44 to 32 µs a row. Logs are deleted with
+# their instance, or by the purge (jobs/purge.py), which lowers log_count in
+# its own transaction.
+# - the instance's last_activity_at becomes the log's created_at when it
+#   is a second or more older (CONTRACT 4.1), and its idle_deadline
+#   follows; a log less than a second after the last recorded activity
+#   changes neither (on SQLite, most logs of a busy instance are told apart
+#   by comparing the text up to the second, without date arithmetic);
+# - log_seq (the seq of the newest log ever) rises with the seq, so that a
+#   purge, which lowers log_count, never makes a seq repeat.
+# The assignments in SQLite's UPDATE all read the row as it was before it.
+SQLITE_DUE = ("(substr(last_activity_at, 1, 19) <> substr(NEW.created_at, 1, 19) AND "
+              "last_activity_at <= strftime('%Y-%m-%d %H:%M:%f', NEW.created_at, '-1 seconds'))")
+SQLITE_ACTIVITY = (
+    f"last_activity_at = CASE WHEN {SQLITE_DUE} THEN NEW.created_at ELSE last_activity_at END, "
+    f"idle_deadline = CASE WHEN idle_deadline IS NOT NULL AND {SQLITE_DUE} THEN "
+    + SQLITE_PLUS_SECONDS.format(moment="NEW.created_at", seconds="idle_timeout_s")
+    + " ELSE idle_deadline END")
 LOG_CHANNEL = "'instance_log_' || to_hex(hashtextextended({schema}, 0))"
 POSTGRES_CHANNEL = LOG_CHANNEL.format(schema="TG_TABLE_SCHEMA")
 LOG_TRIGGERS = {
-    "sqlite": ["""
+    "sqlite": [f"""
         CREATE TRIGGER IF NOT EXISTS instance_log_counted AFTER INSERT ON instance_log
         BEGIN
-            UPDATE instance SET log_count = log_count + 1 WHERE id = NEW.instance_id;
+            UPDATE instance SET log_count = log_count + 1, log_seq = log_seq + 1,
+                {SQLITE_ACTIVITY}
+            WHERE id = NEW.instance_id;
             UPDATE instance_log
-            SET seq = (SELECT log_count FROM instance WHERE id = NEW.instance_id)
+            SET seq = (SELECT log_seq FROM instance WHERE id = NEW.instance_id)
             WHERE rowid = NEW.rowid;
         END"""],
     "postgresql": ["""
         CREATE OR REPLACE FUNCTION instance_log_sequenced() RETURNS trigger LANGUAGE plpgsql AS $$
         DECLARE
             last text := current_setting('instance_log.last_seq', true);
+            given integer;
         BEGIN
             IF split_part(last, ' ', 1) = NEW.instance_id::text THEN
                 NEW.seq := split_part(last, ' ', 2)::integer + 1;
             ELSE
-                PERFORM FROM instance WHERE id = NEW.instance_id FOR NO KEY UPDATE;
-                NEW.seq := coalesce((SELECT max(seq) FROM instance_log
-                                     WHERE instance_id = NEW.instance_id), 0) + 1;
+                SELECT log_seq INTO given FROM instance WHERE id = NEW.instance_id
+                FOR NO KEY UPDATE;
+                NEW.seq := greatest(coalesce(given, 0), coalesce(
+                    (SELECT max(seq) FROM instance_log WHERE instance_id = NEW.instance_id),
+                    0)) + 1;
             END IF;
             PERFORM set_config('instance_log.last_seq', NEW.instance_id::text || ' ' || NEW.seq,
                                true);
@@ -326,8 +475,16 @@ LOG_TRIGGERS = {
         FOR EACH ROW EXECUTE FUNCTION instance_log_sequenced()""", f"""
         CREATE OR REPLACE FUNCTION instance_log_counted() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
-            UPDATE instance SET log_count = log_count + added.n
-            FROM (SELECT instance_id, count(*) AS n FROM new_logs GROUP BY instance_id) AS added
+            UPDATE instance SET log_count = log_count + added.n,
+                log_seq = greatest(log_seq, added.top),
+                last_activity_at = CASE WHEN last_activity_at <= added.newest - interval '1 second'
+                                   THEN added.newest ELSE last_activity_at END,
+                idle_deadline = CASE WHEN last_activity_at <= added.newest - interval '1 second'
+                                     AND idle_deadline IS NOT NULL
+                                THEN added.newest + idle_timeout_s * interval '1 second'
+                                ELSE idle_deadline END
+            FROM (SELECT instance_id, count(*) AS n, max(seq) AS top, max(created_at) AS newest
+                  FROM new_logs GROUP BY instance_id) AS added
             WHERE instance.id = added.instance_id;
             PERFORM pg_notify({POSTGRES_CHANNEL}, instance_id::text)
             FROM (SELECT DISTINCT instance_id FROM new_logs) AS added;

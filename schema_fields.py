@@ -161,6 +161,13 @@ class Timestamp(fields.AwareDateTime):
             raise self.make_error("invalid") from None
 
 
+class Deadline(Timestamp):
+    """A timestamp in a body: RFC 3339 with a zone on the way in (as the
+    query's), written out as every stored timestamp is (Moment)."""
+
+    _serialize = Moment._serialize
+
+
 class Seconds(fields.Float):
     """A number of seconds written as a JSON number (25, 0.5, 2.5e1): no
     underscores, spaces, signs before a dot or infinities, which float()

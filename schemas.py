@@ -17,7 +17,7 @@ from marshmallow import (
 from labels import KEY, LabelSelectors, Labels, is_key
 from models import INSTANCE_STATUSES, INSTANCE_TYPES, LOG_LEVELS, PLAN_STATUSES
 from schema_fields import (
-    Enum, EnumList, JSONObject, Moment, Pattern, QueryInteger, Seconds, Slug, Sort, Text,
+    Deadline, Enum, EnumList, JSONObject, Moment, Pattern, QueryInteger, Seconds, Slug, Sort, Text,
     Timestamp, WholeNumber, not_blank,
 )
 from storage.reads import Written
@@ -28,7 +28,9 @@ INT32 = validate.Range(-(2**31), 2**31 - 1)
 # Fields the server sets. They are ignored when a client sends them back, so a
 # GET-edit-PUT round trip works (CONTRACT 1.3, 1.6).
 SERVER_SET = frozenset(("id", "instance_id", "created_at", "updated_at",
-                        "started_at", "completed_at"))
+                        "started_at", "completed_at", "last_activity_at"))
+# The longest idle timeout (CONTRACT 4.1): 30 days.
+IDLE_TIMEOUT_MAX = 30 * 24 * 3600
 BATCH_MAX = 1000
 # The longest a log list may wait for a new log (CONTRACT 3.3), in seconds.
 WAIT_MAX = 30
@@ -199,8 +201,21 @@ class InstanceSchema(Representation):
         keys=fields.String(validate=Pattern(ENV_KEY, error="Variable names must match {regex}.")),
         values=Text())
     labels = Labels()
+    idle_timeout_s = WholeNumber(
+        allow_none=True, validate=validate.Range(1, IDLE_TIMEOUT_MAX), metadata={"description": (
+            "Seconds without activity after which the service ends the instance (status "
+            "`error`, status_reason `idle_timeout`) while it is active; null: never.")})
+    expires_at = Deadline(allow_none=True, metadata={"description": (
+        "When the service ends the instance (status `terminated`, status_reason `expired`), "
+        "paused or active; null: never.")})
+    status_reason = Text(allow_none=True, validate=validate.Length(0, 500), metadata={
+        "description": "Why the instance has its status; a change of status without a "
+                       "reason clears it."})
     created_at = Moment(dump_only=True)
     updated_at = Moment(dump_only=True)
+    last_activity_at = Moment(dump_only=True, metadata={"description": (
+        "The latest of: created, changed, a log or plan written, a heartbeat. Recorded at "
+        "most once a second, so it may trail by up to a second.")})
 
     EXAMPLE = {
         "id": "01a2247d-a6d6-77b1-90e7-12fd84736332",
@@ -211,8 +226,11 @@ class InstanceSchema(Representation):
         "configuration": {"cpu": 2, "memory_gb": 4},
         "environment_variables": {"DISPLAY": ":0"},
         "labels": {"env": "prod", "team": "web"},
+        "idle_timeout_s": 900, "expires_at": "2026-11-29T23:29:04.214389+00:00",
+        "status_reason": None,
         "created_at": "2026-11-28T23:29:04.214389+00:00",
         "updated_at": "2026-11-28T23:29:13.684695+00:00",
+        "last_activity_at": "2026-11-28T23:31:40.008211+00:00",
     }
 
 
@@ -225,6 +243,7 @@ class InstanceCreateSchema(InstanceUpdateSchema):
     DEFAULTS = {
         "instance_type": "browser", "status": "pending", "agent_id": None,
         "configuration": dict, "environment_variables": dict, "labels": dict,
+        "idle_timeout_s": None, "expires_at": None, "status_reason": None,
     }
     EXAMPLE = {
         "site_id": "5b0c6b52-3c6b-4a55-8f6e-0d7c3a1e9a01",
@@ -247,10 +266,14 @@ class InstanceFilterSchema(Schema):
                        "characters. Three characters or more are looked up in an index; "
                        "one or two read the instances in order."})
     label = LabelSelectors()
+    idle_for = QueryInteger(validate=validate.Range(0, 2**31 - 1), metadata={
+        "description": "Instances whose last activity is at least this many seconds old."})
+    expires_before = Timestamp(metadata={
+        "description": "Instances whose expires_at is before this time (RFC 3339 with a zone)."})
 
 
 class InstanceQuerySchema(ListQuerySchema, InstanceFilterSchema):
-    sort = Sort(("created_at", "updated_at", "name", "status"))
+    sort = Sort(("created_at", "updated_at", "name", "status", "last_activity_at"))
 
 
 # What counts group by (CONTRACT 3.2): closed sets list every member, open

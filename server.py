@@ -1,4 +1,4 @@
-"""Serving: the `instance-api` command line (COMMANDS: serve, openapi, backup, tail, mcp),
+"""Serving: the `instance-api` command line (COMMANDS: serve, openapi, backup, tail, purge, mcp),
 waitress with its framing checks, draining on SIGTERM, and WAL checkpoints.
 
 Not here: the application itself (app.py), the worker processes
@@ -25,6 +25,9 @@ from waitress.task import ErrorTask
 
 import logtail
 from app import DEFAULTS, PROBLEM_TYPE, create_app, openapi_document, shown_database
+from jobs.purge import Purge, purge_command
+from jobs.reaper import Reaper
+from jobs.runner import Runner
 from loglines import configure_logging
 from storage import db
 from storage.backup import BackupFailed
@@ -169,11 +172,11 @@ def serve(argv):
     if workers == 1:
         announce(server.effective_host, server.effective_port, cfg,
                  f"1 process, {cfg['THREADS']} threads")
-        return run(server, cfg)
+        return run(server, cfg, app)
 
     def make_worker():
         server = make_server(app, sockets=[listener])
-        return lambda stopping: run(server, cfg, stopping)
+        return lambda stopping: run(server, cfg, app, stopping)
 
     return prefork(listener, workers, make_worker, ready=lambda host, port: announce(
         host, port, cfg, f"{workers} worker processes, {cfg['THREADS']} threads each"))
@@ -218,8 +221,9 @@ STOP_CHECK_INTERVAL = 0.2
 DRAIN_TIMEOUT = 8
 
 
-def run(server, cfg, stopping=None):
-    """The serving loop of one process, until SIGTERM or SIGINT, or until
+def run(server, cfg, app, stopping=None):
+    """The serving loop of one process, and its background jobs, until
+    SIGTERM or SIGINT, or until
     `stopping` is set (a worker's, which its parent's handlers set)."""
     if stopping is None:
         stopping = threading.Event()
@@ -228,10 +232,14 @@ def run(server, cfg, stopping=None):
     checkpoints = threading.Thread(target=checkpoint_every, daemon=True,
                                    args=(cfg["CHECKPOINT_INTERVAL"], stopping))
     checkpoints.start()
+    # Started here, in each worker: threads do not survive the fork.
+    jobs = Runner(app, [Reaper.from_config(cfg), Purge.from_config(cfg)]).start()
     try:
         while not stopping.is_set():
             wasyncore.loop(timeout=STOP_CHECK_INTERVAL, map=server._map, use_poll=True,
                            count=1)
+        # The jobs finish their current transaction meanwhile (stop, below).
+        jobs.stopping.set()
         # Requests waiting for a log answer now with what they have, rather
         # than hold the drain until their deadline.
         waiting = db.tail.shutdown()
@@ -241,6 +249,7 @@ def run(server, cfg, stopping=None):
     finally:
         server.close()
         server.task_dispatcher.shutdown(timeout=1)
+        jobs.stop(timeout=2)
         db.close_all()
     log.info("Stopped")
     return 0
@@ -330,6 +339,7 @@ COMMANDS = {
     "openapi": ("[FILE]", "write the OpenAPI document (no database needed)", write_openapi),
     "backup": ("PATH", "copy the SQLite database while it is in use", backup),
     "tail": ("INSTANCE_ID", "follow an instance's log from a running server", logtail.main),
+    "purge": ("[--dry-run]", "delete what the retention settings say, once", purge_command),
     "mcp": ("[OPTIONS]", "serve the API as MCP tools over stdio (--url URL; the mcp extra)", mcp),
 }
 

@@ -64,6 +64,7 @@ def seed(size, path):
             ids.append(uuid7())
             rows.append({
                 "id": ids[-1], "created_at": moment, "updated_at": moment,
+                "last_activity_at": moment,
                 "site_id": sites[n % len(sites)],
                 "user_id": uuid.UUID(int=rng.getrandbits(128), version=4),
                 "name": name_of(n, instances),

@@ -120,6 +120,18 @@ NUL_MESSAGE = "Contains a NUL character (\\u0000), which is not stored."
 LONG_INTEGER = re.compile(rb"\d{19}")
 
 
+def require_no_body():
+    """For a POST that takes nothing: no body at all, or `{}` (any other
+    JSON is 422 naming its keys; a body that is not JSON 400/415, as for
+    every body)."""
+    if not request.content_length and "chunked" not in request.headers.get(
+            "Transfer-Encoding", ""):
+        return
+    data = read_json_body(request)
+    if data:
+        abort(422, errors={"json": {key: ["Unknown field."] for key in sorted(data)}})
+
+
 def check_storable(data, body):
     """422 naming the place of a value that could not come back exactly as
     sent: nesting past MAX_DEPTH, a string with NUL (PostgreSQL cannot store

@@ -55,6 +55,10 @@ ERRORS = {
                         "(an array only where the route takes a batch)."),
     404: ("NotFound", "An id in the path is malformed or names nothing (a parent "
                       "instance included)."),
+    409: ("Conflict", "A heartbeat for an instance that has ended: `instance_status` and "
+                      "`status_reason` say how. Nothing changed."),
+    410: ("Gone", "The `after` cursor names a log that the retention settings deleted: "
+                  "start again without `after`."),
     412: ("PreconditionFailed", "If-Match does not name the current ETag: the resource "
                                 "changed since it was read. Nothing was written."),
     413: ("ContentTooLarge", "The body is larger than the configured limit."),
@@ -195,8 +199,10 @@ def document(operation, method, has_ids, guarded):
         errors.add(412)
     if method == "post":
         parameters.append("IdempotencyKey")
-        responses["201"]["headers"].update(
-            {"Location": "Location", "Idempotent-Replayed": "IdempotentReplayed"})
+        success = responses.get("201") or responses["204"]
+        success.setdefault("headers", {}).update({"Idempotent-Replayed": "IdempotentReplayed"})
+        if "201" in responses:
+            success["headers"]["Location"] = "Location"
     for code in sorted(errors):
         responses[str(code)] = ERRORS[code][0]
     operation["responses"] = dict(sorted(responses.items()))

@@ -1,9 +1,12 @@
 """/api/instances: the machine records, and their counts."""
 from flask.views import MethodView
+from flask_smorest import abort
 
-from models import Instance
+from models import ENDED_STATUSES, Instance
 from storage.writes import write
-from routes.common import Blueprint, created, get_for_write, get_or_404
+from routes.common import (
+    Blueprint, created, get_for_write, get_or_404, not_found, require_no_body,
+)
 from routes.counts import count_response
 from routes.lists import list_response
 from schemas import (
@@ -63,3 +66,24 @@ class InstanceById(MethodView):
         """Delete an instance with its logs and plans."""
         with write():
             get_for_write(Instance, instance_id, InstanceSchema).delete_instance()
+
+
+@blp.route("/<uuid:instance_id>/heartbeat")
+class InstanceHeartbeat(MethodView):
+    @blp.response(204)
+    @blp.alt_response(409, response="Conflict")
+    @blp.doc(requestBody={"required": False, "content": {"application/json": {
+        "schema": {"type": "object", "maxProperties": 0}}}})
+    def post(self, instance_id):
+        """Tell the service the instance's agent is alive: moves last_activity_at only."""
+        require_no_body()
+        with write():
+            found = Instance.heartbeat(instance_id)
+        if found is None:
+            not_found(Instance, instance_id)
+        status, reason = found
+        if status in ENDED_STATUSES:
+            # 4.7: the agent learns that it was ended, and why; nothing changes.
+            abort(409, message=f"The instance has ended (status {status}); a heartbeat "
+                               "does not start it again.",
+                  members={"instance_status": status, "status_reason": reason})

@@ -7,16 +7,19 @@ given, in which form (how many values, which selectors), the sort, whether
 there is a cursor, and on SQLite which index the label or name filter is
 answered from (search.plan). The values are bound to it on each run.
 """
+from datetime import timedelta
 from functools import lru_cache
 from typing import NamedTuple
 from urllib.parse import urlencode
 
 from flask import request
+from flask_smorest import abort
 from peewee import SQL, fn
 from werkzeug.sansio.utils import get_current_url
 
 import search
-from models import LOG_LEVELS, Instance
+from models import LOG_LEVELS, Instance, InstanceLog
+from storage.fields import utcnow
 from storage.reads import Slot, counted_representations, last_id, run
 from routes.common import invalid, matching, not_found, noun
 
@@ -57,6 +60,11 @@ def bind_min_level(level):
     return bind_column(list(LOG_LEVELS[LOG_LEVELS.index(level):]))
 
 
+def bind_idle_for(seconds):
+    """idle_for=N: last active at or before N seconds ago."""
+    return None, {None: utcnow() - timedelta(seconds=seconds)}
+
+
 def bind_search(text):
     values = search.search_values(text)
     return len(values), dict(enumerate(values))
@@ -85,6 +93,11 @@ FILTERS = {
                     model.created_at >= slots[None]),
     "until": Filter(bind_column, lambda model, form, slots, drive:
                     model.created_at < slots[None]),
+    # CONTRACT 4.1, each a range of its own index.
+    "idle_for": Filter(bind_idle_for, lambda model, form, slots, drive:
+                       model.last_activity_at <= slots[None]),
+    "expires_before": Filter(bind_column, lambda model, form, slots, drive:
+                             model.expires_at < slots[None]),
 }
 
 
@@ -217,6 +230,9 @@ def list_response(model, schema, args, instance_id=None, kept_count=None):
         if instance_id is not None and not Instance.select().where(
                 Instance.id == instance_id).exists():
             not_found(Instance, instance_id)
+        if model is InstanceLog and InstanceLog.was_purged(instance_id, args["after"]):
+            abort(410, message=f"The log {args['after']} was deleted by the retention "
+                               "settings; start again without after.")
         invalid("query", "after", f"No {noun(model)} with id {args['after']} in this list.")
     headers = {"X-Total-Count": str(total)}
     link = cursor_link(rows) if after else page_links(total, limit, offset)

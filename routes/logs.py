@@ -17,6 +17,7 @@ blp = Blueprint("logs", __name__, url_prefix="/api/instances/<uuid:instance_id>/
 class InstanceLogs(MethodView):
     @blp.arguments(LogQuerySchema, location="query")
     @blp.response(200, LogSchema(many=True))
+    @blp.alt_response(410, response="Gone")
     def get(self, args, instance_id):
         """List an instance's logs, newest first, or as committed after a cursor (and wait)."""
         def page():

@@ -1,7 +1,7 @@
 """/api/instances/{id}/plans: objectives and tasks an agent works on."""
 from flask.views import MethodView
 
-from models import InstancePlan
+from models import Instance, InstancePlan
 from storage.engines import for_write
 from storage.writes import write
 from routes.common import (
@@ -30,6 +30,7 @@ class InstancePlans(MethodView):
             require_instance(instance_id, lock=True)
             check_parent(instance_id, data["parent_id"])
             plan = InstancePlan.create(instance=instance_id, **data)
+            Instance.record_activity(instance_id)
         return created(plan, "plans.InstancePlanById", instance_id=instance_id, plan_id=plan.id)
 
 
@@ -48,6 +49,7 @@ class InstancePlanById(MethodView):
             plan = get_for_write(InstancePlan, plan_id, PlanSchema, instance_id)
             if "parent_id" in data:
                 check_parent(instance_id, data["parent_id"], plan)
+            Instance.record_activity(instance_id)
             return plan.apply(data)
 
     patch = put
@@ -59,6 +61,7 @@ class InstancePlanById(MethodView):
             plan = get_for_write(InstancePlan, plan_id, PlanSchema, instance_id)
             plan.detach_children()
             plan.delete_instance()
+            Instance.record_activity(instance_id)
 
 
 def check_parent(instance_id, parent_id, plan=None):

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import cysqlite
 import orjson
-from peewee import SqliteDatabase, fn
+from peewee import SQL, Cast, Node, NodeList, SqliteDatabase, Value, fn
 from playhouse.cysqlite_ext import CySqliteDatabase
 from playhouse.pool import PooledPostgresqlDatabase
 
@@ -256,6 +256,24 @@ def for_write(query):
     engine has row locks (PostgreSQL). SQLite's IMMEDIATE transaction already
     holds the whole file."""
     return query.for_update() if db.for_update else query
+
+
+# SQLite: a stored timestamp (fixed-width text, storage.fields) plus whole
+# seconds, as the same text. strftime keeps milliseconds; the zeros restore
+# the width, so text order is still time order.
+SQLITE_PLUS_SECONDS = ("(strftime('%Y-%m-%d %H:%M:%f', {moment}, '+' || {seconds} || ' seconds')"
+                       " || '000')")
+
+
+def plus_seconds(moment, seconds):
+    """SQL: the timestamp `moment` (a column, or a value as its column binds
+    it) plus `seconds` (an integer column)."""
+    if is_sqlite():
+        return NodeList((SQL("(strftime('%Y-%m-%d %H:%M:%f', "), moment,
+                         SQL(", '+' || "), seconds, SQL(" || ' seconds') || '000')")), glue="")
+    if not isinstance(moment, Node):
+        moment = Cast(Value(moment, converter=False), "timestamptz")
+    return NodeList((moment, SQL("+"), seconds, SQL("* interval '1 second'")))
 
 
 # How long a server starting beside another waits for it to create or

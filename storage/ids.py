@@ -52,3 +52,18 @@ def _uuid7_bits():
         value = _uuid7_last = max(candidate, _uuid7_last + 1)
     ms, rand_a, rand_b = value >> 74, (value >> 62) & 0xFFF, value & ((1 << 62) - 1)
     return ms << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b
+
+
+def floor_id(moment):
+    """The lowest UUIDv7 of the millisecond of `moment` (an aware datetime),
+    as the API writes ids: every id made before it sorts lower, on both
+    engines (PostgreSQL compares uuids byte by byte; SQLite, the text)."""
+    ms = int(moment.timestamp() * 1000)
+    digits = f"{ms << 80 | 0x7 << 76 | 0b10 << 62:032x}"
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
+
+
+def id_time_ms(value):
+    """The millisecond a UUIDv7 (a uuid.UUID) was made at, or None for
+    another version."""
+    return value.int >> 80 if value.version == 7 else None

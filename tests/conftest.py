@@ -335,6 +335,63 @@ COUNTING_TRIGGERS = {
 }
 
 
+# What schema version 8 had of the log triggers (models.LOG_TRIGGERS then):
+# seq from log_count, no activity.
+VERSION_8_TRIGGERS = {
+    "sqlite": ["""
+        CREATE TRIGGER instance_log_counted AFTER INSERT ON instance_log
+        BEGIN
+            UPDATE instance SET log_count = log_count + 1 WHERE id = NEW.instance_id;
+            UPDATE instance_log
+            SET seq = (SELECT log_count FROM instance WHERE id = NEW.instance_id)
+            WHERE rowid = NEW.rowid;
+        END"""],
+    "postgresql": ["""
+        CREATE OR REPLACE FUNCTION instance_log_sequenced() RETURNS trigger LANGUAGE plpgsql AS $$
+        DECLARE
+            last text := current_setting('instance_log.last_seq', true);
+        BEGIN
+            IF split_part(last, ' ', 1) = NEW.instance_id::text THEN
+                NEW.seq := split_part(last, ' ', 2)::integer + 1;
+            ELSE
+                PERFORM FROM instance WHERE id = NEW.instance_id FOR NO KEY UPDATE;
+                NEW.seq := coalesce((SELECT max(seq) FROM instance_log
+                                     WHERE instance_id = NEW.instance_id), 0) + 1;
+            END IF;
+            PERFORM set_config('instance_log.last_seq', NEW.instance_id::text || ' ' || NEW.seq,
+                               true);
+            RETURN NEW;
+        END $$""", f"""
+        CREATE OR REPLACE FUNCTION instance_log_counted() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            UPDATE instance SET log_count = log_count + added.n
+            FROM (SELECT instance_id, count(*) AS n FROM new_logs GROUP BY instance_id) AS added
+            WHERE instance.id = added.instance_id;
+            PERFORM pg_notify({models.POSTGRES_CHANNEL}, instance_id::text)
+            FROM (SELECT DISTINCT instance_id FROM new_logs) AS added;
+            RETURN NULL;
+        END $$"""],
+}
+LIFECYCLE_COLUMNS = ("log_seq", "idle_timeout_s", "expires_at", "status_reason",
+                     "idle_deadline", "last_activity_at")
+
+
+def undo_lifecycle():
+    """Take the open database back to schema version 8, in the caller's
+    transaction: no activity, deadline or log_seq columns, their indexes,
+    and version 8's log triggers."""
+    sqlite = models.is_sqlite()
+    if sqlite:
+        models.db.execute_sql("DROP TRIGGER instance_log_counted")
+    for index in ("instance_last_activity_at", "instance_expires_at", "instance_idle_deadline",
+                  "instance_expiring"):
+        models.db.execute_sql(f'DROP INDEX IF EXISTS "{index}"')
+    for column in LIFECYCLE_COLUMNS:
+        models.db.execute_sql(f'ALTER TABLE instance DROP COLUMN "{column}"')
+    for statement in VERSION_8_TRIGGERS["sqlite" if sqlite else "postgresql"]:
+        models.db.execute_sql(statement)
+
+
 def undo_version_7():
     """Take away, in the caller's transaction, what version 7 added: the
     label and search tables and triggers (SQLite), the trigram index

@@ -35,7 +35,7 @@ def test_help_lists_every_command_with_one_line_each():
         assert flag in done.stdout
 
 
-@pytest.mark.parametrize("command", ["openapi", "backup", "tail", "mcp"])
+@pytest.mark.parametrize("command", ["openapi", "backup", "tail", "purge", "mcp"])
 def test_each_command_has_its_own_help(command):
     done = run(command, "--help")
     assert done.returncode == 0, done.stderr

@@ -16,7 +16,9 @@ import migrations
 import models
 from app import create_app
 from conftest import POSTGRES_URL, ROOT, SITE, USER, Server, call, clean_environment, connect
-from conftest import database_for, send, undo_log_sequence, undo_version_7
+from conftest import (
+    database_for, send, undo_lifecycle, undo_log_sequence, undo_version_7,
+)
 
 BOX = {"site_id": SITE, "user_id": USER, "name": "box"}
 postgres_only = pytest.mark.skipif(not POSTGRES_URL, reason="needs INSTANCES_TEST_DATABASE_URL")
@@ -228,6 +230,7 @@ def test_a_migration_runs_in_place_on_this_engine(client, instance):
     logs = f"/api/instances/{instance['id']}/logs"
     client.post(logs, json=[{"log_type": "system", "message": f"m{n}"} for n in range(3)])
     with models.db.atomic():
+        undo_lifecycle()
         undo_version_7()
         undo_log_sequence(counting=False)
         migrate(SchemaMigrator.from_database(models.db.obj).drop_column("instance", "log_count"))

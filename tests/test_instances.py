@@ -22,7 +22,8 @@ SQL = "'; DROP TABLE instance; --"
 RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|\+00:00)$")
 LINK = re.compile(r'<([^>]*)>\s*;\s*rel="([^"]+)"')
 WRITABLE = ("site_id", "user_id", "name", "instance_type", "status", "agent_id",
-            "configuration", "environment_variables", "labels")
+            "configuration", "environment_variables", "labels", "idle_timeout_s", "expires_at",
+            "status_reason")
 
 
 def body(**changes):
@@ -123,7 +124,9 @@ def test_create_fills_in_the_defaults(client):
 def test_create_stores_every_field_sent(client):
     sent = body(instance_type="windows", status="running", agent_id=AGENT,
                 configuration={"resolution": "1920x1080"},
-                environment_variables={"DISPLAY": ":0"}, labels={"env": "prod"})
+                environment_variables={"DISPLAY": ":0"}, labels={"env": "prod"},
+                idle_timeout_s=600, expires_at="2030-01-01T00:00:00.000000+00:00",
+                status_reason="booted by hand")
     created = client.post(URL, json=sent).get_json()
     fetched = client.get(f"{URL}/{created['id']}").get_json()
     for field in WRITABLE:
@@ -132,7 +135,7 @@ def test_create_stores_every_field_sent(client):
 
 
 def test_create_returns_exactly_the_documented_fields(instance):
-    assert set(instance) == {"id", *WRITABLE, "created_at", "updated_at"}
+    assert set(instance) == {"id", *WRITABLE, "created_at", "updated_at", "last_activity_at"}
 
 
 def test_created_id_is_a_canonical_lowercase_uuid_version_7(instance):

@@ -4,6 +4,7 @@ older database: one creates or migrates, the others wait their turn, and all
 of them serve. On whichever engine the suite runs on."""
 import logging
 import sqlite3
+from datetime import datetime, timezone
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -14,7 +15,7 @@ import search
 from app import create_app
 from conftest import (
     POSTGRES_URL, ROOT, SITE, USER, Server, call, close_connections, database_for,
-    undo_log_sequence, undo_version_7,
+    undo_lifecycle, undo_log_sequence, undo_version_7,
 )
 
 BOX = {"site_id": SITE, "user_id": USER, "name": "box"}
@@ -23,7 +24,9 @@ OLD = [("01a224b0-0000-7000-8000-000000000001", "web-frontend-01", "running"),
        ("01a224b0-0000-7000-8000-000000000003", "gpu-worker", "running")]
 STEPS = ["Migrating the database to schema version 7: labels, the label and search indexes",
          "Migrating the database to schema version 8: logs numbered in the order they were "
-         "committed (seq)"]
+         "committed (seq)",
+         "Migrating the database to schema version 9: instances' activity, deadlines and end "
+         "reason; log_seq"]
 
 
 def other_id(row_id, kind):
@@ -60,9 +63,9 @@ def version_6(path):
     with models.db.atomic():
         for row_id, name, status in OLD:
             models.db.execute_sql(
-                "INSERT INTO instance (id, created_at, updated_at, site_id, user_id, name, "
-                "instance_type, status, configuration, environment_variables) VALUES "
-                "(%s, now(), now(), %s, %s, %s, 'ubuntu', %s, '{}', '{}')",
+                "INSERT INTO instance (id, created_at, updated_at, last_activity_at, site_id, "
+                "user_id, name, instance_type, status, configuration, environment_variables) "
+                "VALUES (%s, now(), now(), now(), %s, %s, %s, 'ubuntu', %s, '{}', '{}')",
                 (row_id, SITE, USER, name, status))
             models.db.execute_sql(
                 "INSERT INTO instance_log (id, created_at, instance_id, log_type, level, "
@@ -72,6 +75,7 @@ def version_6(path):
                 "INSERT INTO instance_plan (id, created_at, updated_at, instance_id, title, "
                 "plan_type, status, priority) VALUES (%s, now(), now(), %s, 'old goal', "
                 "'objective', 'pending', 1)", (other_id(row_id, "2"), row_id))
+        undo_lifecycle()
         undo_version_7()
         undo_log_sequence()
         models.SchemaVersion.update(version=6).execute()
@@ -177,3 +181,49 @@ def test_servers_started_together_all_start_and_serve(tmp_path, older):
         for server in servers:
             if not isinstance(server, AssertionError):
                 server.stop()
+
+
+def test_a_version_8_database_starts_activity_at_its_newest_write(client):
+    """4.7: last_activity_at starts as the latest of updated_at and the
+    newest log or plan, never created_at alone; log_seq carries the seq on."""
+    made = [client.post("/api/instances", json={**BOX, "name": f"m{n}"}).get_json()
+            for n in range(3)]
+    quiet, logged, planned = (row["id"] for row in made)
+    client.post(f"/api/instances/{logged}/logs",
+                json=[{"log_type": "system", "message": f"l{n}"} for n in range(3)])
+    plan = client.post(f"/api/instances/{planned}/plans",
+                       json={"title": "t", "plan_type": "task"}).get_json()
+    with models.db.atomic():
+        undo_lifecycle()
+        models.SchemaVersion.update(version=8).execute()
+        # Times set apart by days, so the migration's choice shows.
+        models.Instance.update(created_at=moment(1), updated_at=moment(2)).execute()
+        models.InstanceLog.update(created_at=moment(5)).where(
+            models.InstanceLog.instance == logged).execute()
+        models.InstancePlan.update(updated_at=moment(7)).where(
+            models.InstancePlan.id == plan["id"]).execute()
+    close_connections()
+    migrations.create_tables()
+
+    def shown(row_id):
+        return client.get(f"/api/instances/{row_id}").get_json()
+
+    assert shown(quiet)["last_activity_at"] == moment(2).isoformat()
+    assert shown(logged)["last_activity_at"] == moment(5).isoformat()
+    assert shown(planned)["last_activity_at"] == moment(7).isoformat()
+    assert {key: shown(quiet)[key] for key in ("idle_timeout_s", "expires_at",
+                                               "status_reason")} == dict.fromkeys(
+        ("idle_timeout_s", "expires_at", "status_reason"))
+    # The sequence goes on from the logs already there.
+    client.post(f"/api/instances/{logged}/logs", json={"log_type": "system", "message": "l3"})
+    with models.db.connection_context():
+        assert migrations.stored_version() == migrations.SCHEMA_VERSION
+        assert [seq for seq, in models.InstanceLog.select(models.InstanceLog.seq).where(
+            models.InstanceLog.instance == logged).order_by(models.InstanceLog.seq).tuples()
+                ] == [1, 2, 3, 4]
+    assert shown(logged)["last_activity_at"] > moment(5).isoformat()
+    assert client.get("/api/instances?idle_for=3600&sort=name").get_json()[0]["name"] == "m0"
+
+
+def moment(day):
+    return datetime(2026, 1, day, 12, 0, 0, 123456, tzinfo=timezone.utc)

@@ -49,7 +49,7 @@ def test_every_route_and_method_is_documented(app, document):
 def test_every_operation_has_a_unique_operation_id_for_generated_clients(document):
     ids = [operation["operationId"] for operations in document["paths"].values()
            for method, operation in operations.items() if method != "parameters"]
-    assert len(ids) == len(set(ids)) == 17
+    assert len(ids) == len(set(ids)) == 18
     assert {"getInstances", "postInstances", "patchInstanceById", "postInstanceLogs",
             "deleteInstancePlanById", "getHealth", "getInstanceCounts"} <= set(ids)
 
@@ -66,10 +66,11 @@ LOGS = "/api/instances/{instance_id}/logs"
     (INSTANCE, "get", {200, 304, 401, 404, 500}),
     (INSTANCE, "patch", {200, 400, 401, 404, 412, 413, 415, 422, 500, 503}),
     (INSTANCE, "delete", {204, 401, 404, 412, 500, 503}),
-    (LOGS, "get", {200, 401, 404, 422, 500}),
+    (LOGS, "get", {200, 401, 404, 410, 422, 500}),
     (LOGS, "post", {201, 400, 401, 404, 413, 415, 422, 500, 503}),
     (LOGS + "/{log_id}", "get", {200, 304, 401, 404, 500}),
     (PLAN, "put", {200, 400, 401, 404, 412, 413, 415, 422, 500, 503}),
+    (INSTANCE + "/heartbeat", "post", {204, 400, 401, 404, 409, 413, 415, 422, 500, 503}),
     ("/healthz", "get", {200, 304, 500, 503}),
 ])
 def test_each_operation_lists_every_status_it_can_answer(document, path, method, statuses):

@@ -28,6 +28,9 @@ INSTANCE_SHAPES = [
     "site_id={site}&status=running", "site_id={site}&status=running,error",
     "sort=created_at", "sort=-created_at", "sort=name", "sort=-updated_at", "sort=status",
     "site_id={site}&sort=name", "status=running&sort=-updated_at", "offset=1&limit=1",
+    # CONTRACT 4.1: each through an index of its own.
+    "sort=last_activity_at", "sort=-last_activity_at", "idle_for=60", "idle_for=0",
+    "expires_before={until}", "expires_before={since}&sort=-last_activity_at",
 ]
 # The label and name filters, alone and combined (CONTRACT 3.1, 2.1): a rare
 # selector (one instance has it), a common one, the negative forms alone and
@@ -45,7 +48,7 @@ COUNTS_SHAPES = [
     "by=label:env", "by=status&site_id={site}", "by=status&site_id={site}&status=running",
     "by=label:team&site_id={site}", "by=status&label=env=prod", "by=label:env&label=rare",
     "by=status&q=box 1", "by=instance_type&label=!env", "label=env=prod", "label=!rare",
-    "by=agent_id&agent_id={agent}",
+    "by=agent_id&agent_id={agent}", "idle_for=60", "by=status&expires_before={until}",
 ]
 LOG_SHAPES = [
     "", "log_type=agent_action", "level=error", "level=warn,error", "min_level=warn",
@@ -190,7 +193,10 @@ def test_a_sites_status_counts_read_that_sites_index_entries_on_postgresql(clien
     ("label=env=prod", "instance_labels"), ("label=env", "instance_labels"),
     ("label=rare=yes", "instance_labels"), ("label=!rare", "instance_labels"),
     ("label=env=prod,team=web", "instance_labels"), ("q=box 1", "instance_name_trigrams"),
-    ("q=BOX&label=env=prod", "instance_name_trigrams"),
+    # Either filter's index answers the two together; at four rows which one
+    # the planner prices lower turns on the width of the row (schema 9 made
+    # it wider, and it took the label index).
+    ("q=BOX&label=env=prod", ("instance_name_trigrams", "instance_labels")),
 ])
 def test_label_and_name_filters_read_their_gin_index_on_postgresql(client, dataset, shape,
                                                                    index):
@@ -199,7 +205,7 @@ def test_label_and_name_filters_read_their_gin_index_on_postgresql(client, datas
     url = f"/api/instances/counts?{shape}".format(**dataset)
     used = {node.get("Index Name") for _, plan in pg_plans_of(client, url)
             for node in nodes(plan)}
-    assert index in used, used
+    assert used & set(index if isinstance(index, tuple) else [index]), used
 
 
 @sqlite_only
@@ -237,3 +243,45 @@ def test_label_and_name_filters_read_their_own_index(client, dataset, shape):
     lines = [line for _, plan in plans_of(client, url) for line in plan]
     index = SEARCH_INDEX if shape.startswith("q=") else LABEL_INDEX
     assert any(index.search(line) for line in lines), lines
+
+
+# -- the reaper (jobs/reaper.py) -------------------------------------------------
+
+def reaper_statements():
+    """The SELECTs of one reaper pass (nothing due), with their parameters."""
+    from jobs.reaper import Reaper
+
+    statements, peewee_log = Statements(), logging.getLogger("peewee")
+    peewee_log.addHandler(statements)
+    peewee_log.setLevel(logging.DEBUG)
+    try:
+        Reaper().run_once()
+    finally:
+        peewee_log.removeHandler(statements)
+        peewee_log.setLevel(logging.NOTSET)
+        models.db.release()
+    assert len(statements.seen) == 2
+    return statements.seen
+
+
+def test_a_reaper_pass_reads_the_deadline_indexes_only(client, dataset):
+    """CONTRACT 4.1: a pass reads the due instances through an index on the
+    deadline, not every row (SQLite's plan; PostgreSQL's with sequential
+    scans priced out of reach)."""
+    used = []
+    for sql, params in reaper_statements():
+        if models.is_sqlite():
+            used.append([row[3] for row in models.db.execute_sql(
+                f"EXPLAIN QUERY PLAN {sql}", params)])
+            continue
+        with models.db.atomic() as transaction:
+            models.db.execute_sql("SET LOCAL enable_seqscan = off")
+            [(plan,)] = models.db.execute_sql(f"EXPLAIN (FORMAT JSON) {sql}", params).fetchall()
+            transaction.rollback()
+        plan = plan if isinstance(plan, list) else json.loads(plan)
+        used.append([node.get("Index Name") for node in nodes(plan)])
+    models.db.close()
+    idle, expiring = (" ".join(map(str, lines)) for lines in used)
+    assert "instance_idle_deadline" in idle, used
+    assert "instance_expiring" in expiring, used
+    assert not any(TABLE_SCAN.match(str(line)) for lines in used for line in lines), used

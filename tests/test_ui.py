@@ -368,6 +368,25 @@ def test_the_instance_page_shows_its_fields_plans_and_logs(server, browser):
     assert browser.find_element(By.LINK_TEXT, "← All instances")
 
 
+def test_activity_deadlines_and_the_reason_are_shown(server, browser):
+    from selenium.webdriver.common.by import By
+
+    made = create(server.url, name="timed", status="running", idle_timeout_s=3600,
+                  expires_at="2031-05-06T07:08:09Z", status_reason="<i>booted</i> by hand")
+    browser.get(f"{server.url}/ui/")
+    shows(browser, "timed")
+    headers = [cell.text for cell in browser.find_elements(By.CSS_SELECTOR, "thead th")]
+    assert headers[-1] == "Last active"
+    cell = browser.find_elements(By.CSS_SELECTOR, "tbody tr td")[-1]
+    time_element = cell.find_element(By.TAG_NAME, "time")
+    assert time_element.get_attribute("datetime") == made["last_activity_at"]
+    browser.get(f"{server.url}/ui/instances/{made['id']}")
+    # Stored text as text; the deadlines in Tokyo time (UTC+9).
+    shows(browser, "<i>booted</i> by hand", "ends if idle at", "expires at",
+          "2031-05-06 16:08:09", "last_activity_at")
+    assert browser.find_elements(By.CSS_SELECTOR, "main h1 i") == []
+
+
 def test_times_are_local_with_the_utc_value_on_hover(server, browser):
     from selenium.webdriver.common.by import By
 

@@ -151,7 +151,8 @@ async function showInstances(params) {
   const pager = el("nav", {class: "pager", "aria-label": "Pages"});
   main.replaceChildren(el("h1", {}, "Instances"), filterForm(filters), counts, el("table", {},
     el("thead", {}, el("tr", {}, ["Name", "Type", "Status", "Site", "Agent", "Labels",
-                                  "Last update"].map((title) => el("th", {}, title)))),
+                                  "Last update", "Last active"].map((title) =>
+      el("th", {}, title)))),
     body), summary, pager);
 
   // Counts per status for the other filters: each chip says how many a click
@@ -184,7 +185,8 @@ async function showInstances(params) {
                     shortId(instance.site_id))),
     el("td", {}, instance.agent_id ? shortId(instance.agent_id) : none()),
     el("td", {}, labelChips(instance.labels, filters)),
-    el("td", {}, when(instance.updated_at)))));
+    el("td", {}, when(instance.updated_at)),
+    el("td", {}, when(instance.last_activity_at)))));
   summary.className = "summary muted";
   summary.textContent = rows.length
     ? `${(offset + 1).toLocaleString()}–${(offset + rows.length).toLocaleString()} of ` +
@@ -236,6 +238,22 @@ function filterForm(filters) {
 
 // -- /ui/instances/{id}: one instance ----------------------------------------
 
+// When the service will end the instance by itself (CONTRACT 4.1): idle
+// only while active, expiry unless it has ended.
+const ACTIVE = ["pending", "starting", "running", "stopping"];
+function deadlines(instance) {
+  const shown = [];
+  if (instance.idle_timeout_s !== null && ACTIVE.includes(instance.status)) {
+    const idle = new Date(Date.parse(instance.last_activity_at) + instance.idle_timeout_s * 1000);
+    shown.push(el("dt", {}, "ends if idle at"), el("dd", {}, when(idle.toISOString())));
+  }
+  if (instance.expires_at !== null && (ACTIVE.includes(instance.status) ||
+                                       instance.status === "paused")) {
+    shown.push(el("dt", {}, "expires at"), el("dd", {}, when(instance.expires_at)));
+  }
+  return shown;
+}
+
 async function showInstance(id, params) {
   const {body: instance} = await api(`/api/instances/${id}`);
   document.title = `${instance.name} · Instances`;
@@ -246,8 +264,9 @@ async function showInstance(id, params) {
     typeof value === "object" && value !== null);
   main.replaceChildren(
     el("p", {class: "crumbs"}, el("a", {href: "/ui/"}, "← All instances")),
-    el("h1", {}, instance.name, " ", badge(instance.status)),
-    el("dl", {class: "fields"}, scalars.map(([key, value]) => [el("dt", {}, key), el("dd", {},
+    el("h1", {}, instance.name, " ", badge(instance.status),
+       instance.status_reason ? el("span", {class: "reason"}, instance.status_reason) : ""),
+    el("dl", {class: "fields"}, deadlines(instance), scalars.map(([key, value]) => [el("dt", {}, key), el("dd", {},
       value === null ? none() : key.endsWith("_at") ? when(value) : key === "status" ? badge(value)
         : key === "id" || key.endsWith("_id") ? el("span", {class: "id"}, value) : String(value))]),
     el("dt", {}, "labels"), el("dd", {}, labelChips(instance.labels))),
@@ -363,6 +382,14 @@ function logSection(id, minLevel) {
         }
         delay = 0;
       } catch (error) {
+        // The cursor's log was purged by retention (4.2): follow on from the
+        // newest log instead; what is shown stays.
+        if (error instanceof Problem && error.status === 410) {
+          const {body: logs} = await api(`${base}?limit=${LOG_PAGE}${level}`);
+          append([...logs].reverse());
+          cursor = logs[0]?.id;
+          continue;
+        }
         // Out of the network or a busy server: try again, backing off. Any
         // other answer (the instance deleted, a token needed) ends the tail.
         if (error instanceof Problem && !(error.status >= 500)) throw error;
