@@ -29,7 +29,7 @@ def test_help_lists_every_command_with_one_line_each():
     assert set(server.COMMANDS) >= {"serve", "openapi", "backup", "tail"}
     for name in server.COMMANDS:
         described = [line for line in lines
-                     if re.match(rf"  {name}\b\S*( [A-Z_\[\]]+)? +\w.{{15,}}$", line)]
+                     if re.match(rf"  {name}\b\S*( [A-Za-z_\[\]-]+)? +\w.{{15,}}$", line)]
         assert len(described) == 1, (name, done.stdout)
     for flag in ("--host", "--port", "--db", "--workers"):
         assert flag in done.stdout
