@@ -24,6 +24,7 @@ from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.task import ErrorTask
 
 import logtail
+import metrics
 from app import DEFAULTS, PROBLEM_TYPE, create_app, shown_database
 from loglines import configure_logging
 from storage import db
@@ -145,6 +146,17 @@ def serve(argv):
     per CPU, worker_count), they share one listening socket."""
     configure_logging()
     sys.setswitchinterval(SWITCH_INTERVAL)
+    # Before the app (which makes the metrics) and the workers: every
+    # process of this server writes its metric files there (metrics.py).
+    metrics_dir = metrics.multiprocess_dir()
+    try:
+        return serve_in(argv)
+    finally:
+        metrics.remove(metrics_dir)
+
+
+def serve_in(argv):
+    """serve, once the metrics directory is made."""
     try:
         app = create_app(parse_args(argv))
         cfg = app.config
