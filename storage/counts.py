@@ -64,7 +64,7 @@ SQLITE_TRIGGERS = [
 # trigger is per row; it fires only when status or type changed.
 UPSERT = f"""
         INSERT INTO instance_count AS c (status, instance_type, shard, instances)
-        SELECT status, instance_type, pg_backend_pid() % {SHARDS}, {{sign}}count(*)
+        SELECT status, instance_type, mod(pg_backend_pid(), {SHARDS}), {{sign}}count(*)
         FROM {{rows}} GROUP BY status, instance_type ORDER BY status, instance_type
         ON CONFLICT (status, instance_type, shard)
         DO UPDATE SET instances = c.instances + excluded.instances;"""
@@ -86,10 +86,10 @@ POSTGRES_TRIGGERS = [
     f"""
     CREATE OR REPLACE FUNCTION instance_recounted() RETURNS trigger LANGUAGE plpgsql AS $$
     DECLARE
-        shard integer := pg_backend_pid() % {SHARDS};
+        this_shard integer := mod(pg_backend_pid(), {SHARDS});
     BEGIN
         INSERT INTO instance_count AS c (status, instance_type, shard, instances)
-        SELECT status, instance_type, shard, change FROM (VALUES
+        SELECT status, instance_type, this_shard, change FROM (VALUES
             (OLD.status, OLD.instance_type, -1), (NEW.status, NEW.instance_type, 1))
             AS moved (status, instance_type, change)
         ORDER BY status, instance_type
