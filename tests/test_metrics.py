@@ -96,7 +96,7 @@ def test_exact_counts_over_two_workers_and_after_workers_die(start_server):
     # request above was served by a process that is gone, and still counts.
     for victim in sorted(workers(srv)):
         os.kill(victim, signal.SIGKILL)
-        until(lambda: len(workers(srv)) == 2 and victim not in workers(srv),
+        until(lambda victim=victim: len(workers(srv)) == 2 and victim not in workers(srv),
               what="a replacement worker")
     until(lambda: call(url, "GET", "/healthz").status_code == 200, what="a serving worker")
     after = scrape(url)
