@@ -191,7 +191,7 @@ def list_response(model, schema, args, instance_id=None, kept_count=None):
         if model is Instance and instance_id is None and counts.COUNTED.issuperset(
                 name for name, _, _ in filtering.forms):
             # No filter but status or type: the sum of their counters.
-            return counts.InstanceCount.total(filtering.conditions(on=counts.InstanceCount))
+            return counts.total(filtering.conditions(on=counts.COUNTERS))
         counted = filtering.counted(plan)
         if instance_id is None:
             return counted

@@ -23,7 +23,9 @@ OLD = [("01a224b0-0000-7000-8000-000000000001", "web-frontend-01", "running"),
        ("01a224b0-0000-7000-8000-000000000003", "gpu-worker", "running")]
 STEPS = ["Migrating the database to schema version 7: labels, the label and search indexes",
          "Migrating the database to schema version 8: logs numbered in the order they were "
-         "committed (seq)"]
+         "committed (seq)",
+         "Migrating the database to schema version 11: instances counted by status and type "
+         "(instance_count)"]
 
 
 def other_id(row_id, kind):

@@ -13,7 +13,7 @@ from conftest import ROOT, assert_problem
 # dashboard's pages and files (/, /ui/...): pages for browsers, not API, kept
 # out of the document on purpose (3.4).
 SELF_DESCRIBING = re.compile(r"^/api/(openapi\.json|docs)")
-NOT_API = re.compile(r"^/(ui/.*)?$")
+NOT_API = re.compile(r"^/(ui/.*|metrics)?$")
 
 
 @pytest.fixture
