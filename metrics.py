@@ -25,6 +25,8 @@ import time
 PREFIX = "instance_api_"
 MULTIPROC = "PROMETHEUS_MULTIPROC_DIR"
 UNMATCHED = "<unmatched>"
+DURATIONS = PREFIX + "request_duration_seconds"
+WAITS = PREFIX + "wait_duration_seconds"
 # The environ key a request that held a wait (routes/logs.py held) sets:
 # it is timed in the waits histogram, not the request-duration one.
 WAITED = "instance_api.waited"
@@ -51,8 +53,8 @@ _made = None   # the Metrics of this process, once setup has run
 
 
 class Metrics:
-    """The metric objects of this process, and the children of the request
-    metrics by (route, method, status, waited), so that a request costs a
+    """The metric objects of this process, and the request histograms'
+    children by (route, method, status, waited), so that a request costs a
     dict lookup rather than prometheus_client's labels() (a lock and label
     checks)."""
 
@@ -61,27 +63,31 @@ class Metrics:
             CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, values,
         )
 
+        # As prometheus_client decided when it was first imported.
+        self.multiprocess = getattr(values.ValueClass, "_multiprocess", False)
+        if self.multiprocess:
+            # Its values ask os.getpid() on every write, to notice a fork: a
+            # system call, three per request. This process's id is known
+            # (and follows forks) without one.
+            values.ValueClass = values.MultiProcessValue(process_identifier=process_id)
         # No *_created series: multiprocess mode has none, and one process's
         # creation times say nothing about the server's.
         disable_created_metrics()
-
-        # As prometheus_client decided when it was first imported.
-        self.multiprocess = getattr(values.ValueClass, "_multiprocess", False)
         # Our own registry: without the process and GC collectors of the
         # default one, which describe one process, not the server.
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = CollectorRegistry()
         kw = {"registry": self.registry}
-        self.requests = Counter(
-            PREFIX + "requests_total", "Requests answered, by route template, method and "
-            "status.", ["route", "method", "status"], **kw)
+        # One histogram sample per request (two values written); the
+        # request counter is their _count, summed at scrape time (Requests).
         self.durations = Histogram(
-            PREFIX + "request_duration_seconds", "Time to the response's status and "
-            "headers, by route template and method; requests that held a wait are in "
-            "instance_api_wait_duration_seconds instead.", ["route", "method"],
+            DURATIONS, "Time to the response's status and headers, by route template, "
+            "method and status; requests that held a wait are in "
+            "instance_api_wait_duration_seconds instead.", ["route", "method", "status"],
             buckets=REQUEST_BUCKETS, **kw)
         self.waits = Histogram(
-            PREFIX + "wait_duration_seconds", "Time of the requests that held a wait for "
-            "new rows (wait=...), by route template.", ["route"], buckets=WAIT_BUCKETS, **kw)
+            WAITS, "Time of the requests that held a wait for new rows (wait=...), by "
+            "route template, method and status.", ["route", "method", "status"],
+            buckets=WAIT_BUCKETS, **kw)
         self.waiters = Gauge(
             PREFIX + "waiters", "Requests holding a wait now, over every worker.",
             multiprocess_mode="livesum", **kw)
@@ -105,18 +111,15 @@ class Metrics:
         self.by_outcome = {outcome: self.deliveries.labels(outcome)
                            for outcome in DELIVERY_OUTCOMES}
         self.children = {}
-        self.database = DatabaseCollector()
-        self.registry.register(self.database)
 
     def child(self, key):
+        """The `observe` of the histogram child for a request's `key`."""
         route, method, status, waited = key
         with _lock:
             made = self.children.get(key)
             if made is None:
-                timed = (self.waits.labels(route) if waited
-                         else self.durations.labels(route, method))
-                made = self.children[key] = (self.requests.labels(route, method, status),
-                                             timed.observe)
+                made = self.children[key] = (self.waits if waited else self.durations).labels(
+                    route, method, status).observe
         return made
 
     def exposition(self):
@@ -125,12 +128,53 @@ class Metrics:
         from prometheus_client import CollectorRegistry, generate_latest
         from prometheus_client.multiprocess import MultiProcessCollector
 
-        if not self.multiprocess:
-            return generate_latest(self.registry)
         registry = CollectorRegistry()
-        MultiProcessCollector(registry)
-        registry.register(self.database)
+        registry.register(Requests(MultiProcessCollector(None) if self.multiprocess
+                                   else self.registry))
+        registry.register(DatabaseCollector())
         return generate_latest(registry)
+
+
+class Requests:
+    """The families of `source` (a collector), and instance_api_requests_total
+    made from the _count of the two request histograms: each request is
+    counted once, in one of them."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily
+
+        totals = {}
+        for family in self.source.collect():
+            if family.name in (DURATIONS, WAITS):
+                for sample in family.samples:
+                    if sample.name.endswith("_count"):
+                        key = tuple(sample.labels[name] for name in ("route", "method", "status"))
+                        totals[key] = totals.get(key, 0) + sample.value
+            yield family
+        requests = CounterMetricFamily(PREFIX + "requests", "Requests answered, by route "
+                                       "template, method and status.",
+                                       labels=["route", "method", "status"])
+        for key, number in sorted(totals.items()):
+            requests.add_metric(key, number)
+        yield requests
+
+
+_pid = os.getpid()
+
+
+def process_id():
+    return _pid
+
+
+def _forked():
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def setup():
@@ -153,9 +197,7 @@ def record(environ, status, started):
     method = environ["REQUEST_METHOD"]
     key = (rule.rule if rule is not None else UNMATCHED,
            method if method in METHODS else "other", status[:3], WAITED in environ)
-    made = _made.children.get(key) or _made.child(key)
-    made[0].inc()
-    made[1](elapsed)
+    (_made.children.get(key) or _made.child(key))(elapsed)
 
 
 def waiting(environ):

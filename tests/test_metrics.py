@@ -75,7 +75,7 @@ def test_exact_counts_over_two_workers_and_after_workers_die(start_server):
     assert not any("nope" in str(labels) or made[0]["id"] in str(labels)
                    for _, labels in found)
     duration = ("instance_api_request_duration_seconds_count",
-                (("method", "GET"), ("route", ONE)))
+                (("method", "GET"), ("route", ONE), ("status", "200")))
     assert found[duration] == 37
     # Three creates, each a committed write (group commit or not).
     assert found[("instance_api_writes_committed_total", ())] == 3
@@ -130,11 +130,11 @@ def test_a_held_wait_is_timed_apart_and_counted_among_waiters(start_server):
 
     found = until(lambda: (lambda found: found[waiters] == 0 and found)(scrape(url)),
                   what="the waiter gone")
-    assert found[("instance_api_wait_duration_seconds_count", (("route", LOGS),))] == 1
+    labels = (("method", "GET"), ("route", LOGS), ("status", "200"))
+    assert found[("instance_api_wait_duration_seconds_count", labels)] == 1
     # The request-duration histogram has the plain list only; the count of
     # requests has both.
-    assert found[("instance_api_request_duration_seconds_count",
-                  (("method", "GET"), ("route", LOGS)))] == 1
+    assert found[("instance_api_request_duration_seconds_count", labels)] == 1
     assert requests(found, LOGS) == 2
 
 
