@@ -57,32 +57,32 @@ SQLITE_TRIGGERS = [
     END""",
 ]
 
-# Statement triggers over the transition tables for inserts and deletes (a
-# batch or a purge is one upsert per pair, not per row), in key order so
-# that two transactions that do share a shard lock its rows in one order.
-# Transition tables cannot go with `UPDATE OF` columns, so the update
-# trigger is per row; it fires only when status or type changed.
+# Row triggers, each an upsert of one counter row: for the one-row inserts
+# of the API they cost less than statement triggers over transition tables
+# (PostgreSQL builds those tables for every statement). Rows of one shard
+# are locked in the order of their key within a statement's update
+# (old pair, new pair, sorted), so two transactions that share a shard do
+# not lock two rows in opposite orders there.
 UPSERT = f"""
         INSERT INTO instance_count AS c (status, instance_type, shard, instances)
-        SELECT status, instance_type, mod(pg_backend_pid(), {SHARDS}), {{sign}}count(*)
-        FROM {{rows}} GROUP BY status, instance_type ORDER BY status, instance_type
+        VALUES ({{row}}.status, {{row}}.instance_type, mod(pg_backend_pid(), {SHARDS}), {{change}})
         ON CONFLICT (status, instance_type, shard)
         DO UPDATE SET instances = c.instances + excluded.instances;"""
 POSTGRES_TRIGGERS = [
     TABLE, f"""
     CREATE OR REPLACE FUNCTION instance_counted() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN {UPSERT.format(sign="", rows="added")}
+    BEGIN {UPSERT.format(row="NEW", change="1")}
         RETURN NULL;
     END $$""", """
     CREATE OR REPLACE TRIGGER instance_counted AFTER INSERT ON instance
-    REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION instance_counted()""",
+    FOR EACH ROW EXECUTE FUNCTION instance_counted()""",
     f"""
     CREATE OR REPLACE FUNCTION instance_uncounted() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN {UPSERT.format(sign="-", rows="removed")}
+    BEGIN {UPSERT.format(row="OLD", change="-1")}
         RETURN NULL;
     END $$""", """
     CREATE OR REPLACE TRIGGER instance_uncounted AFTER DELETE ON instance
-    REFERENCING OLD TABLE AS removed FOR EACH STATEMENT EXECUTE FUNCTION instance_uncounted()""",
+    FOR EACH ROW EXECUTE FUNCTION instance_uncounted()""",
     f"""
     CREATE OR REPLACE FUNCTION instance_recounted() RETURNS trigger LANGUAGE plpgsql AS $$
     DECLARE
