@@ -263,7 +263,7 @@ class DatabaseCollector:
 
 def db_status_counts():
     from models import INSTANCE_STATUSES
-    from storage.counts import status_counts
+    from storage.counters import status_counts
 
     found = status_counts()
     return [(status, found.get(status, 0)) for status in INSTANCE_STATUSES]

@@ -16,7 +16,7 @@ import search
 from models import (
     MODELS, Instance, InstanceLog, InstancePlan, SchemaVersion, create_triggers, recount_logs,
 )
-from storage import counts, db
+from storage import counters, db
 from storage.engines import is_sqlite, schema_lock
 from storage.fields import CanonicalUUIDField, _dumps
 
@@ -120,8 +120,8 @@ def _count_instances(migrator):
     """instances counted by status and type (instance_count)"""
     # The counters and their triggers, then the counts of what is there, so
     # the counts read from them are exact from the first request on.
-    counts.create()
-    counts.fill()
+    counters.create()
+    counters.fill()
 
 
 # Instances whose logs one UPDATE numbers: bounded work per statement, and a
@@ -187,7 +187,7 @@ def create_tables():
                     MIGRATIONS[step](migrator)
             db.create_tables(MODELS, safe=True)
             create_triggers()
-            counts.create()
+            counters.create()
             search.create_indexes()
             SchemaVersion.delete().execute()
             SchemaVersion.create(version=SCHEMA_VERSION)

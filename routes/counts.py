@@ -13,7 +13,7 @@ import search
 from models import Instance
 from routes.lists import Filtering
 from schemas import COUNTED
-from storage import counts, db
+from storage import counters, db
 from storage.reads import Slot, run
 
 # Open fields list at most this many values, most frequent first.
@@ -24,8 +24,8 @@ def count_response(args):
     """{"total": N, "by": {field: {value: count}}} for the list's filters in
     `args` and the fields of `args["by"]`."""
     filtering = Filtering(Instance, args)
-    if counts.COUNTED.issuperset(name for name, _, _ in filtering.forms) and \
-            counts.COUNTED.issuperset(args.get("by", ())):
+    if counters.COUNTED.issuperset(name for name, _, _ in filtering.forms) and \
+            counters.COUNTED.issuperset(args.get("by", ())):
         return counted(filtering, args.get("by", ()))
     # A count reads every match: the plan for `wanted` rows does not matter.
     plan = filtering.plan(args, 0)
@@ -45,14 +45,14 @@ def count_response(args):
 
 
 def counted(filtering, by):
-    """The response from the instance counters (storage.counts), read in one
+    """The response from the instance counters (storage.counters), read in one
     transaction: no filter but status and instance_type, no count but by
     them. A few dozen rows, however many instances there are."""
     where = {name: [filtering.values[(name, key) if key is not None else name]
                     for key in keys] for name, _, keys in filtering.forms}
     with db.atomic():
-        found = {name: counts.counts(name, where) for name in by}
-        total = (sum(found[by[0]].values()) if by else counts.counts(None, where))
+        found = {name: counters.counts(name, where) for name in by}
+        total = (sum(found[by[0]].values()) if by else counters.counts(None, where))
     return {"total": total,
             "by": {name: {member: found[name].get(member, 0) for member in COUNTED[name]}
                    for name in by}}

@@ -17,7 +17,7 @@ from werkzeug.sansio.utils import get_current_url
 
 import search
 from models import LOG_LEVELS, Instance
-from storage import counts
+from storage import counters
 from storage.reads import Slot, counted_representations, last_id, run
 from routes.common import invalid, matching, not_found, noun
 
@@ -188,10 +188,10 @@ def list_response(model, schema, args, instance_id=None, kept_count=None):
     plan = filtering.plan(args, limit + min(offset, MAX_OFFSET))
 
     def count():
-        if model is Instance and instance_id is None and counts.COUNTED.issuperset(
+        if model is Instance and instance_id is None and counters.COUNTED.issuperset(
                 name for name, _, _ in filtering.forms):
             # No filter but status or type: the sum of their counters.
-            return counts.total(filtering.conditions(on=counts.COUNTERS))
+            return counters.total(filtering.conditions(on=counters.COUNTERS))
         counted = filtering.counted(plan)
         if instance_id is None:
             return counted

@@ -15,4 +15,5 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 @blp.get("/metrics")
 def exposition():
+    """The server's metrics in Prometheus' text format."""
     return Response(metrics.setup().exposition(), content_type=CONTENT_TYPE)

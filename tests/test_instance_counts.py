@@ -1,4 +1,4 @@
-"""The instance counters (storage.counts): the counts and X-Total-Count
+"""The instance counters (storage.counters): the counts and X-Total-Count
 they answer equal COUNT(*) after every kind of write and after the
 migration that fills them, on either engine."""
 import random
@@ -9,7 +9,7 @@ import migrations
 import models
 from conftest import SITE, USER
 from models import INSTANCE_STATUSES, INSTANCE_TYPES, Instance
-from storage import counts
+from storage import counters
 
 
 def truth(where=None):
@@ -142,5 +142,5 @@ def test_counts_read_few_rows(client, make_instance):
         make_instance(status="running", instance_type="ubuntu")
     with client.application.app_context():
         rows = models.db.execute_sql("SELECT count(*) FROM instance_count").fetchone()[0]
-        assert rows <= counts.SHARDS
-        assert counts.counts("status")["running"] == 30
+        assert rows <= counters.SHARDS
+        assert counters.counts("status")["running"] == 30

@@ -65,7 +65,7 @@ PLAN_SHAPES = [
 # order, which LIMIT stops), "SCAN CONSTANT ROW", nor "SCAN row": the page's
 # rows, at most `limit` of them, read as they come to build its JSON
 # (storage.reads.json_rows). Nor "SCAN instance_count": the instance
-# counters (storage.counts), a few dozen rows whatever the fleet's size.
+# counters (storage.counters), a few dozen rows whatever the fleet's size.
 TABLE_SCAN = re.compile(r"^SCAN (?!row$|instance_count$)\w+$")
 
 SHAPES = [
