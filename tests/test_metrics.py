@@ -181,3 +181,34 @@ def test_metrics_can_be_turned_off(tmp_path, monkeypatch, setting):
 
 def test_not_in_the_openapi_document(client):
     assert "/metrics" not in client.get("/api/openapi.json").get_json()["paths"]
+
+
+def test_what_the_background_jobs_report_shows_up(client):
+    import metrics
+
+    def value(name, label, value):
+        found = samples(client.get("/metrics").get_data(as_text=True))
+        return found[(name, ((label, value),))]
+
+    before = (value("instance_api_lifecycle_transitions_total", "reason", "idle_timeout"),
+              value("instance_api_purged_rows_total", "kind", "logs"),
+              value("instance_api_webhook_deliveries_total", "outcome", "failed"))
+    metrics.lifecycle_ended("idle_timeout")
+    metrics.purged("logs", 1000)
+    metrics.purged("logs", 0)
+    metrics.delivered("failed")
+    metrics.delivered("failed")
+    after = (value("instance_api_lifecycle_transitions_total", "reason", "idle_timeout"),
+             value("instance_api_purged_rows_total", "kind", "logs"),
+             value("instance_api_webhook_deliveries_total", "outcome", "failed"))
+    assert [b - a for a, b in zip(before, after)] == [1, 1000, 2]
+    # Only the known label values: a typo fails loudly instead of making a series.
+    with pytest.raises(KeyError):
+        metrics.purged("log", 1)
+
+
+def test_one_worker_serves_metrics_too(start_server):
+    srv = start_server("--workers", "1")
+    for _ in range(3):
+        assert call(srv.url, "GET", "/healthz").status_code == 200
+    assert requests(scrape(srv.url), "/healthz") == 3
