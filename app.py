@@ -25,12 +25,14 @@ from werkzeug.exceptions import InternalServerError, ServiceUnavailable
 from werkzeug.utils import cached_property
 
 import loglines
+import metrics
 import migrations
 import models
 import storage
 from routes import BLUEPRINTS
 from routes.access import load_tokens, protected, require_token
 from routes.docs import HttpDocs, page as docs_page
+from routes.metrics import blp as metrics_page
 from routes.ui import blp as dashboard
 from schemas import LogCreateSchema, ProblemSchema
 from storage import db
@@ -70,6 +72,8 @@ DEFAULTS = {
     "API_TOKENS": "",
     "API_TOKENS_FILE": "",
     "ALLOW_OPEN_NETWORK": False,
+    # GET /metrics and the recording behind it (docs/metrics.md).
+    "METRICS": True,
     "API_TITLE": "Instance Management API",
     "API_VERSION": "1.0.0",
     "OPENAPI_VERSION": "3.1.0",
@@ -353,7 +357,7 @@ SETTING_TYPES = {
     "BUSY_TIMEOUT": positive(float), "SYNCHRONOUS": synchronous,
     "CHANNEL_TIMEOUT": positive(int), "CONNECTION_LIMIT": positive(int),
     "CHECKPOINT_INTERVAL": positive(float), "API_TOKENS": str, "API_TOKENS_FILE": str,
-    "ALLOW_OPEN_NETWORK": flag,
+    "ALLOW_OPEN_NETWORK": flag, "METRICS": flag,
     "LIFECYCLE_INTERVAL": positive(float), "PURGE_INTERVAL": positive(float),
     "LOG_RETENTION": duration, "LOG_MAX_PER_INSTANCE": optional_count,
     "ENDED_RETENTION": duration,
@@ -466,10 +470,14 @@ def create_app(config=None):
     # of the OpenAPI document.
     app.register_blueprint(docs_page)
     app.register_blueprint(dashboard)
+    if app.config["METRICS"]:
+        metrics.setup()
+        app.register_blueprint(metrics_page)
     app.register_error_handler(Exception, handle_unexpected)
     app.register_error_handler(DatabaseError, handle_database_error)
     app.register_error_handler(WriterBusy, handle_database_error)
-    app.wsgi_app = Traced(app.wsgi_app, app.database)
+    app.wsgi_app = Traced(app.wsgi_app, app.database,
+                          metrics.record if app.config["METRICS"] else None)
     return app
 
 
@@ -484,8 +492,10 @@ class Traced:
     in-process, and under load a request's Python time is several times
     its in-process time (bench/README.md "Where the time goes")."""
 
-    def __init__(self, wsgi_app, database):
+    def __init__(self, wsgi_app, database, record=None):
         self.wsgi_app, self.database = wsgi_app, database
+        # metrics.record(environ, status, started), or None: no metrics.
+        self.record = record
 
     def __call__(self, environ, start_response):
         started = time.perf_counter()
@@ -495,6 +505,7 @@ class Traced:
         # uniqueness is needed. random reseeds in each forked worker.
         request_id = environ[REQUEST_ID] = (sent if SANE_REQUEST_ID.fullmatch(sent)
                                             else f"{random.getrandbits(128):032x}")
+        record = self.record
 
         def start(status, headers, exc_info=None):
             if status.startswith("204"):
@@ -503,6 +514,8 @@ class Traced:
                            if name.lower() != "content-type"]
             # Browsers must not guess a type other than the one declared.
             headers += [("X-Request-ID", request_id), ("X-Content-Type-Options", "nosniff")]
+            if record is not None:
+                record(environ, status, started)
             if access_log.isEnabledFor(logging.INFO):
                 query = environ.get("QUERY_STRING")
                 path = environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8", "replace")

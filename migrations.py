@@ -16,7 +16,7 @@ import search
 from models import (
     MODELS, Instance, InstanceLog, InstancePlan, SchemaVersion, create_triggers, recount_logs,
 )
-from storage import db
+from storage import counters, db
 from storage.engines import is_sqlite, schema_lock
 from storage.fields import CanonicalUUIDField, UTCDateTimeField, _dumps
 
@@ -24,7 +24,7 @@ log = logging.getLogger("instance_api")
 
 # Files written by the first release have the tables but no schema_version.
 FIRST_VERSION = 1
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 
 class SchemaTooNew(Exception):
@@ -149,6 +149,14 @@ def _lifecycle(migrator):
         migrate(migrator.add_not_null("instance", "last_activity_at"))
 
 
+def _count_instances(migrator):
+    """instances counted by status and type (instance_count)"""
+    # The counters and their triggers, then the counts of what is there, so
+    # the counts read from them are exact from the first request on.
+    counters.create()
+    counters.fill()
+
+
 # Instances whose logs one UPDATE numbers: bounded work per statement, and a
 # progress line between statements on a big table.
 NUMBERING_CHUNK = 1000
@@ -182,7 +190,7 @@ def number_logs(chunk=NUMBERING_CHUNK):
 # indexes, version 5's log counting trigger).
 MIGRATIONS = {2: _add_plan_tree_and_times, 3: _count_logs_per_instance, 4: _canonical_json,
               6: _canonical_uuids, 7: _labels_and_search, 8: _sequence_logs,
-              9: _lifecycle}
+              9: _lifecycle, 10: _count_instances}
 
 
 def create_tables():
@@ -212,6 +220,7 @@ def create_tables():
                     MIGRATIONS[step](migrator)
             db.create_tables(MODELS, safe=True)
             create_triggers()
+            counters.create()
             search.create_indexes()
             SchemaVersion.delete().execute()
             SchemaVersion.create(version=SCHEMA_VERSION)

@@ -24,6 +24,7 @@ from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.task import ErrorTask
 
 import logtail
+import metrics
 from app import DEFAULTS, PROBLEM_TYPE, create_app, openapi_document, shown_database
 from jobs.purge import Purge, purge_command
 from jobs.reaper import Reaper
@@ -156,6 +157,17 @@ def serve(argv):
     per CPU, worker_count), they share one listening socket."""
     configure_logging()
     sys.setswitchinterval(SWITCH_INTERVAL)
+    # Before the app (which makes the metrics) and the workers: every
+    # process of this server writes its metric files there (metrics.py).
+    metrics_dir = metrics.multiprocess_dir()
+    try:
+        return serve_in(argv)
+    finally:
+        metrics.remove(metrics_dir)
+
+
+def serve_in(argv):
+    """serve, once the metrics directory is made."""
     try:
         app = create_app(parse_args(argv))
         cfg = app.config

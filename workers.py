@@ -16,6 +16,7 @@ import time
 
 from peewee import DatabaseError
 
+import metrics
 from migrations import SchemaTooNew, stored_version
 from storage import db
 from storage.engines import DatabaseUnfit
@@ -242,6 +243,7 @@ class Workers:
                 break
             if pid in self.running:
                 self.running.discard(pid)
+                metrics.process_ended(pid)
                 exited[pid] = os.waitstatus_to_exitcode(status)
         return exited
 

@@ -29,6 +29,7 @@ from werkzeug.test import EnvironBuilder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import metrics  # noqa: E402
 from app import create_app  # noqa: E402
 from loglines import configure_logging  # noqa: E402
 from bench.ceilings import (  # noqa: E402
@@ -97,6 +98,16 @@ def main(source, *wanted):
     # As `instance-api serve` logs (one access line per request), but to
     # nowhere: the cost of writing the line is counted, not the terminal's.
     configure_logging(stream=open(os.devnull, "w"))
+    # The metrics as `instance-api serve` keeps them (files per process,
+    # metrics.py); INSTANCES_METRICS=0 measures without them.
+    metrics_dir = metrics.multiprocess_dir()
+    try:
+        return profile(source, wanted, flags)
+    finally:
+        metrics.remove(metrics_dir)
+
+
+def profile(source, wanted, flags):
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp) / "profile.db"
         shutil.copyfile(source, work)

@@ -145,6 +145,10 @@ def floors(table, rss):
             logs = rps(size, "batch_ingest", c)
             checks.append(("batch ingest >= 8 logs per bare-Flask request", size, c,
                            logs and logs * BATCH / rps(size, "ceiling_flask", c), 8))
+        for c in CONCURRENCY:
+            # Issue 26: /metrics enabled costs get_one at most 5%.
+            checks.append(("get_one >= 0.95 x get_one without metrics", size, c,
+                           ratio(size, "get_one", c, "nometrics:get_one"), 0.95))
         for op, least in (("get_one", 1.4), ("list_filtered", 1.4),
                           ("create_instance", 1.1), ("append_log", 1.1)):
             checks.append((f"default:{op} >= {least} x one process", size, 32,

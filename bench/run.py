@@ -15,6 +15,8 @@ operation at 8 and 32 connections against the ceilings and references
 connections, against one process (what the default buys on this machine;
 the other operations and concurrency would add time, not information).
 PocketBase, `pocketbase:...`, runs its equivalent of those four at both.
+`nometrics:get_one` is the one process again with INSTANCES_METRICS=0, for
+what recording the metrics costs a GET by id.
 
 Writes bench/RESULTS.md (medians over rounds, the floors, where PocketBase
 stands, then the live tail's section, live_tail.py), bench/results.png and
@@ -288,6 +290,11 @@ def main(argv=None):
             hot, other, site, first, deep, depth = pick(work)
             servers = {"one": start([sys.executable, "server.py", "--port", "0", "--db",
                                      str(work), "--threads", threads, "--workers", "1"])}
+            # The same one process without metrics (INSTANCES_METRICS=0):
+            # what recording them costs get_one (issue 26: at most 5%).
+            servers["nometrics"] = start([sys.executable, "server.py", "--port", "0", "--db",
+                                          str(work), "--threads", threads, "--workers", "1"],
+                                         env={"INSTANCES_METRICS": "0"})
             if with_default:
                 # The default, on the same file (two servers on one file write in
                 # turn, storage.writes.FileLock); driven one at a time.
@@ -317,6 +324,9 @@ def main(argv=None):
                     f"{references['smorest_insert'][1]}/{other}", plan["append_log"][1], 1,
                     CONCURRENCY)
                 health = {"": f"{api}/healthz"}
+                bare = targets(servers["nometrics"][1], hot, other, site, first, deep, depth)
+                plan["nometrics:get_one"] = (*bare["get_one"][:3], CONCURRENCY)
+                health["nometrics:"] = f"{servers['nometrics'][1]}/healthz"
                 if with_default:
                     default = targets(servers["default"][1], hot, other, site, first, deep,
                                       depth)

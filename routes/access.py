@@ -1,7 +1,7 @@
 """Bearer tokens (CONTRACT 2.3): when tokens are configured, every /api
 request needs one, including requests for routes that do not exist, so that
 nobody can discover routes without a token. Outside /api nothing needs one
-(/healthz, the dashboard); inside it, only the docs page's shell and its
+(/healthz, the dashboard) but /metrics; inside /api, only the docs page's shell and its
 assets are open, as they hold no data (3.4)."""
 import hmac
 
@@ -25,7 +25,7 @@ def protected(path):
     # every request. The document itself (/api/openapi.json) stays guarded.
     if path == "/api/docs" or path.startswith("/api/docs/assets/"):
         return False
-    return path == "/api" or path.startswith("/api/")
+    return path == "/api" or path.startswith("/api/") or path == "/metrics"
 
 
 def require_token(tokens):

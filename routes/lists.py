@@ -20,6 +20,7 @@ from werkzeug.sansio.utils import get_current_url
 import search
 from models import LOG_LEVELS, Instance, InstanceLog
 from storage.fields import utcnow
+from storage import counters
 from storage.reads import Slot, counted_representations, last_id, run
 from routes.common import invalid, matching, not_found, noun
 
@@ -119,19 +120,21 @@ class Filtering:
             self.forms.append((name, form, tuple(values)))
         self.shape = (model, *self.scope, *((name, form) for name, form, _ in self.forms))
 
-    def conditions(self, drive=None):
+    def conditions(self, drive=None, on=None):
         """The WHERE conditions; `drive` names the filter that lists the rows
-        (search.plan), if one does."""
-        found = matching(self.model, self.scope)
+        (search.plan), if one does. `on`: another model with the filtered
+        columns (the instance counters)."""
+        on = on or self.model
+        found = matching(on, self.scope)
         for name, form, keys in self.forms:
             kind = FILTERS.get(name)
             convert = as_is if kind and kind.raw else None
             slots = {key: Slot((name, key) if key is not None else name, convert)
                      for key in keys}
             if kind is None:
-                found.append(column_condition(getattr(self.model, name), form, slots))
+                found.append(column_condition(getattr(on, name), form, slots))
                 continue
-            made = kind.condition(self.model, form, slots, drive)
+            made = kind.condition(on, form, slots, drive)
             found.extend(made if isinstance(made, list) else [made])
         return found
 
@@ -198,6 +201,10 @@ def list_response(model, schema, args, instance_id=None, kept_count=None):
     plan = filtering.plan(args, limit + min(offset, MAX_OFFSET))
 
     def count():
+        if model is Instance and instance_id is None and counters.COUNTED.issuperset(
+                name for name, _, _ in filtering.forms):
+            # No filter but status or type: the sum of their counters.
+            return counters.total(filtering.conditions(on=counters.COUNTERS))
         counted = filtering.counted(plan)
         if instance_id is None:
             return counted

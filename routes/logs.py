@@ -1,6 +1,9 @@
 """/api/instances/{id}/logs: what happened on an instance, and its live
 tail: a list after a cursor that waits for the next log (CONTRACT 3.3)."""
+from flask import request
 from flask.views import MethodView
+
+import metrics
 
 from models import Instance, InstanceLog
 from routes.common import Blueprint, created, get_or_404, not_found
@@ -59,12 +62,21 @@ def held(page, instance_id, seconds):
     with db.tail.waiting(instance_id, seconds) as wait:
         if wait is None:    # past the bound, or stopping: as if wait=0
             return page()
-        while True:
-            seen = wait.version
-            rows, headers = page()
-            if rows or wait.over():
-                return rows, headers
-            # Asleep with no connection: no pool slot taken (PostgreSQL), no
-            # transaction left open on this thread's connection (SQLite).
-            db.release()
-            wait.sleep(seen)
+        metrics.waiting(request.environ)
+        try:
+            return waited(page, wait)
+        finally:
+            metrics.waited()
+
+
+def waited(page, wait):
+    """The reads of a wait that was admitted (see held)."""
+    while True:
+        seen = wait.version
+        rows, headers = page()
+        if rows or wait.over():
+            return rows, headers
+        # Asleep with no connection: no pool slot taken (PostgreSQL), no
+        # transaction left open on this thread's connection (SQLite).
+        db.release()
+        wait.sleep(seen)

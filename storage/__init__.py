@@ -9,6 +9,7 @@ tables (models.py) and above the drivers.
 - fields: the column types (UTC timestamps, JSON objects, canonical UUIDs).
 - ids: time-ordered UUIDv7 ids.
 - writes: one writer at a time per process, and group commit.
+- counters: instances by status and type, kept by triggers.
 - reads: query shapes compiled once, rows read as JSON values.
 - backup: an online copy of a SQLite file.
 

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 
 from peewee import IntegrityError
 
+import metrics
 from storage import db
 
 # Rows per INSERT statement (BaseModel.add): 100 rows of the widest table
@@ -73,6 +74,7 @@ class Writer:
                 callbacks, self.on_commit = self.on_commit, []
             self.release()
         if committed:
+            metrics.committed(1)
             for callback in callbacks:
                 callback()
 
@@ -138,6 +140,7 @@ class Writer:
                 insert_all(tickets)
             finally:
                 self.release(stored=tickets)
+            metrics.committed(sum(taken.error is None for taken in tickets))
         if ticket.error is not None:
             raise ticket.error
         return ticket.rows

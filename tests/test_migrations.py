@@ -26,7 +26,9 @@ STEPS = ["Migrating the database to schema version 7: labels, the label and sear
          "Migrating the database to schema version 8: logs numbered in the order they were "
          "committed (seq)",
          "Migrating the database to schema version 9: instances' activity, deadlines and end "
-         "reason; log_seq"]
+         "reason; log_seq",
+         "Migrating the database to schema version 10: instances counted by status and type "
+         "(instance_count)"]
 
 
 def other_id(row_id, kind):

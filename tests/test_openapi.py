@@ -14,7 +14,7 @@ from routes.common import MAX_DEPTH
 # dashboard's pages and files (/, /ui/...): pages for browsers, not API, kept
 # out of the document on purpose (3.4).
 SELF_DESCRIBING = re.compile(r"^/api/(openapi\.json|docs)")
-NOT_API = re.compile(r"^/(ui/.*)?$")
+NOT_API = re.compile(r"^/(ui/.*|metrics)?$")
 
 
 @pytest.fixture
