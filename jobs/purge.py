@@ -25,6 +25,7 @@ from collections import Counter
 
 from peewee import SQL, fn
 
+import metrics
 from models import ENDED_STATUSES, Instance, InstanceLog
 from storage import db
 from storage.engines import for_write
@@ -67,6 +68,9 @@ class Purge:
         if self.ended_retention is not None:
             instances, logs = self.ended_instances(now)
             deleted["ended_instances"], deleted["ended_instance_logs"] = instances, logs
+        metrics.purged("logs", deleted["old_logs"] + deleted["excess_logs"]
+                       + deleted["ended_instance_logs"])
+        metrics.purged("instances", deleted["ended_instances"])
         return dict(deleted)
 
     def dry_run(self, now=None):

@@ -18,15 +18,14 @@ committed row again and finds it changed). A write
 that lands between the read and the UPDATE (a heartbeat, a new status, a
 log a second after the last) moves one of those columns, and wins.
 
-`ENDED` counts this process's transitions by reason, and `LISTENERS`
-(callables taking the instance id and the reason) are called after each
-one commits: what /metrics reads.
+Each transition is counted in /metrics (metrics.lifecycle_ended) once it
+has committed.
 """
 import operator
-from collections import Counter
 from datetime import timedelta
 from functools import partial, reduce
 
+import metrics
 from models import ACTIVE_STATUSES, EXPIRING, Instance, InstanceLog
 from storage import db
 from storage.engines import is_sqlite
@@ -38,8 +37,6 @@ from storage.writes import write
 BATCH = 100
 # 4.7: idle means more than idle_timeout_s + 1 s since the last activity.
 TOLERANCE = timedelta(seconds=1)
-ENDED = Counter()
-LISTENERS = []
 
 # reason: (the status it sets, the log's message)
 REASONS = {
@@ -131,8 +128,6 @@ class Reaper:
                     for instance_id in done])
                 for instance_id in done:
                     db.writer.after_commit(partial(db.tail.touched, instance_id))
-        for instance_id in done:
-            ENDED[reason] += 1
-            for listener in LISTENERS:
-                listener(instance_id, reason)
+        for _ in done:
+            metrics.lifecycle_ended(reason)
         return len(done)

@@ -6,9 +6,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+import metrics
+
 import models
 from conftest import assert_problem, random_id
-from jobs import reaper
 from jobs.reaper import Reaper
 from storage.fields import utcnow
 
@@ -247,7 +248,7 @@ def test_bad_lifecycle_filters_are_422(client, query, field):
 
 # -- the reaper, one pass at a time -------------------------------------------
 
-def test_an_idle_instance_is_ended_once_with_one_log(client, make_instance):
+def test_an_idle_instance_is_ended_once_with_one_log(client, make_instance, monkeypatch):
     idle = make_instance(name="idle", status="running", idle_timeout_s=5)
     busy = make_instance(name="busy", status="running", idle_timeout_s=5)
     never = make_instance(name="never", status="running")
@@ -255,15 +256,10 @@ def test_an_idle_instance_is_ended_once_with_one_log(client, make_instance):
         backdate(made["id"], 100)
     backdate(busy["id"], 5.5)    # past the timeout, within the second of tolerance
     seen = []
-    reaper.LISTENERS.append(lambda instance_id, reason: seen.append((instance_id, reason)))
-    counted = reaper.ENDED["idle_timeout"]
-    try:
-        assert reap() == 1
-        assert reap() == 0
-    finally:
-        reaper.LISTENERS.clear()
-    assert seen == [(idle["id"], "idle_timeout")]
-    assert reaper.ENDED["idle_timeout"] == counted + 1
+    monkeypatch.setattr(metrics, "lifecycle_ended", seen.append)
+    assert reap() == 1
+    assert reap() == 0
+    assert seen == ["idle_timeout"]
     ended = client.get(f"{URL}/{idle['id']}").get_json()
     assert (ended["status"], ended["status_reason"]) == ("error", "idle_timeout")
     assert ended["updated_at"] == ended["last_activity_at"] > idle["updated_at"]

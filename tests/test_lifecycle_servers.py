@@ -61,6 +61,9 @@ def test_an_idle_instance_ends_within_the_bound(start_server):
     assert timedelta(seconds=2) <= took <= timedelta(seconds=1 + 1 + BOUND)
     [log] = lifecycle_logs(server.url, made["id"])
     assert log["level"] == "warn" and "idle" in log["message"]
+    # Counted in /metrics (CONTRACT 4.5).
+    exposition = call(server.url, "GET", "/metrics").get_data(as_text=True)
+    assert 'instance_api_lifecycle_transitions_total{reason="idle_timeout"} 1.0' in exposition
     # An ended instance's heartbeat says so.
     reply = call(server.url, "POST", f"/api/instances/{made['id']}/heartbeat")
     assert reply.status_code == 409
