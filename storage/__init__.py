@@ -9,6 +9,7 @@ tables (models.py) and above the drivers.
 - ids: time-ordered UUIDv7 ids.
 - writes: one writer at a time per process, and group commit.
 - reads: query shapes compiled once, rows read as JSON values.
+- shapes: the compiled shapes kept, the most recently used (a bound).
 - backup: an online copy of a SQLite file.
 
 Nothing here knows the tables; the tables and migrations know this.

@@ -19,6 +19,7 @@ from playhouse.cysqlite_ext import CySqliteDatabase
 from playhouse.pool import PooledPostgresqlDatabase
 
 from storage import db
+from storage.shapes import Shapes
 from storage.tail import Listening, Polling, Tail
 from storage.writes import Writer, WriterBusy
 
@@ -176,7 +177,7 @@ def open_sqlite(path, busy_timeout=5.0, synchronous="NORMAL"):
     )
     database.writer = Writer(busy_timeout)
     database.tail = Tail()
-    database.shapes = {}
+    database.shapes = Shapes()
     database.text_timestamps = True
     # SQLite's own lower() and LIKE fold ASCII only; `q` should find "Écran"
     # with "écran" too.
@@ -201,7 +202,7 @@ def open_postgres(url, busy_timeout=5.0):
     # one session: 466 req/s queued, 332-371 without).
     database.writer = Writer(busy_timeout)
     database.tail = Tail()
-    database.shapes, database.readers = {}, {}
+    database.shapes, database.readers = Shapes(), {}
     database.text_timestamps = False
     # jsonb keeps numbers as NUMERIC and writes 1e20 back as 100000000000000000000;
     # psycopg's default loader (json) would make that an int wider than 64
