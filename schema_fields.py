@@ -194,10 +194,11 @@ class Sort(DelimitedList):
     def __init__(self, names):
         self.names = names
         keys = [key for name in names for key in (name, f"-{name}")]
-        super().__init__(fields.String(metadata={"enum": keys}),
-                         validate=validate.Length(1, len(names)), metadata={
-                             "description": "A comma list of fields to sort by, each at most "
-                                            "once, with a leading - for descending order."})
+        super().__init__(
+            fields.String(metadata={"enum": keys}), validate=validate.Length(1, len(names)),
+            metadata={"uniqueItems": True,
+                      "description": "A comma list of fields to sort by, each at most once, "
+                                     "with a leading - for descending order."})
 
     def _deserialize(self, value, attr, data, **kwargs):
         keys = []
