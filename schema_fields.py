@@ -209,7 +209,7 @@ class Sort(DelimitedList):
                     f"Cannot sort by {item!r}; use {', '.join(self.names)}, "
                     "each with a leading - for descending order.")
             if any(name == seen for seen, _ in keys):
-                raise ValidationError(f"{name} is named more than once; sort by each field "
-                                      "at most once.")
+                raise ValidationError(f"{name!r} appears more than once; sort by each "
+                                      "field at most once.")
             keys.append((name, item.startswith("-")))
         return keys
