@@ -36,7 +36,7 @@ from routes.metrics import blp as metrics_page
 from routes.ui import blp as dashboard
 from schemas import LogCreateSchema, ProblemSchema
 from storage import db
-from storage.engines import SYNCHRONOUS, open_database, unavailable, verify_wal
+from storage.engines import SYNCHRONOUS, ReadTimeout, open_database, unavailable, verify_wal
 from storage.writes import WriterBusy
 
 log = logging.getLogger("instance_api")
@@ -69,6 +69,8 @@ DEFAULTS = {
     "LOG_RETENTION": "",
     "LOG_MAX_PER_INSTANCE": "",
     "ENDED_RETENTION": "",
+    # Seconds a list or count may read before it is stopped (503); 0: no limit.
+    "QUERY_TIMEOUT": 2.0,
     "API_TOKENS": "",
     "API_TOKENS_FILE": "",
     "ALLOW_OPEN_NETWORK": False,
@@ -91,6 +93,8 @@ DEFAULTS = {
     },
 }
 PROBLEM_TYPE = "about:blank"
+# CONTRACT 4.7: a read stopped by the read time limit; not to be retried as it is.
+QUERY_TIMEOUT_TYPE = "/api/problems/query-timeout"
 # 2.4: an X-Request-ID is echoed only when it is a sane token; anything else
 # (too long, spaces, control characters) could forge or break log lines.
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,200}")
@@ -201,15 +205,16 @@ class Api(flask_smorest.Api):
         return problem(error)
 
 
-def problem(error):
-    """The problem+json response for an HTTPException (CONTRACT 1.5).
+def problem(error, kind=PROBLEM_TYPE):
+    """The problem+json response for an HTTPException (CONTRACT 1.5), of
+    the problem type `kind`.
 
     Headers werkzeug sets on the error (such as Allow on a 405) are kept.
     webargs' abort() carries `message`, validation `messages` and `headers`.
     """
     data = getattr(error, "data", None) or {}
     body = {
-        "type": PROBLEM_TYPE,
+        "type": kind,
         "title": error.name,
         "status": error.code,
         "detail": data.get("message") or DETAILS.get(error.code, describe)(error),
@@ -256,6 +261,18 @@ def client_request():
     return loglines.escape(f"{request.method} {request.path}")
 
 
+def handle_read_timeout(exc):
+    """503 without Retry-After for a read stopped by the read time limit:
+    the same read would be stopped again, so the client narrows it."""
+    log.warning("Read stopped after %g s (INSTANCES_QUERY_TIMEOUT) for %s %s (request %s)",
+                exc.seconds, request.method, request.path, request_id())
+    return problem(ServiceUnavailable(description=(
+        f"The read took longer than the limit of {exc.seconds:g} s and was stopped; "
+        "nothing was changed. Narrow it: add a filter (site_id, user_id, status, label, "
+        "a q of 3 characters or more), ask for a smaller offset, or page with the next "
+        "link (or `after` for logs) instead of a large offset.")), QUERY_TIMEOUT_TYPE)
+
+
 def handle_unexpected(exc):
     """A fault no handler expected: full trace in the log, nothing to the client."""
     log.exception("Unhandled error in %s (request %s)", client_request(), request_id())
@@ -290,6 +307,19 @@ def count(value):
     if number < 0:
         raise ValueError(value)
     return number
+
+
+def seconds(value):
+    """A duration from 0 (a number of seconds; 0 turns a limit off)."""
+    if isinstance(value, bool):
+        raise ValueError(value)
+    number = float(value)
+    if not 0 <= number < float("inf"):
+        raise ValueError(value)
+    return number
+
+
+seconds.__name__ = "number of seconds (0 or more)"
 
 
 def workers_setting(value):
@@ -357,7 +387,7 @@ SETTING_TYPES = {
     "BUSY_TIMEOUT": positive(float), "SYNCHRONOUS": synchronous,
     "CHANNEL_TIMEOUT": positive(int), "CONNECTION_LIMIT": positive(int),
     "CHECKPOINT_INTERVAL": positive(float), "API_TOKENS": str, "API_TOKENS_FILE": str,
-    "ALLOW_OPEN_NETWORK": flag, "METRICS": flag,
+    "ALLOW_OPEN_NETWORK": flag, "METRICS": flag, "QUERY_TIMEOUT": seconds,
     "LIFECYCLE_INTERVAL": positive(float), "PURGE_INTERVAL": positive(float),
     "LOG_RETENTION": duration, "LOG_MAX_PER_INSTANCE": optional_count,
     "ENDED_RETENTION": duration,
@@ -476,6 +506,7 @@ def create_app(config=None):
     app.register_error_handler(Exception, handle_unexpected)
     app.register_error_handler(DatabaseError, handle_database_error)
     app.register_error_handler(WriterBusy, handle_database_error)
+    app.register_error_handler(ReadTimeout, handle_read_timeout)
     app.wsgi_app = Traced(app.wsgi_app, app.database,
                           metrics.record if app.config["METRICS"] else None)
     return app

@@ -558,14 +558,47 @@ class InstancePlan(EditableModel):
         InstancePlan.update(parent=None, updated_at=utcnow()).where(
             InstancePlan.parent == self.id).execute()
 
-    def ancestor_ids(self, limit=10_000):
-        """Ids from this plan's parent up to its root."""
-        ids, parent_id = [], self.parent_id
-        while parent_id is not None and len(ids) < limit:
-            ids.append(parent_id)
-            parent_id = (InstancePlan.select(InstancePlan.parent)
-                         .where(InstancePlan.id == parent_id).scalar())
-        return ids
+    @staticmethod
+    def ancestry(instance_id, parent_id, plan_id=None):
+        """What making `parent_id` the parent of the plan `plan_id` (None:
+        a new plan) would give, in one statement however deep the tree:
+        None when there is no such plan on the instance `instance_id`, else
+        (cycle, deepest): whether the plan is that parent or one of its
+        ancestors, and how many ancestors the deepest plan of its subtree
+        (the plan itself, or one of its descendants) would then have, past
+        MAX_ANCESTORS counting stops. Both walks stop one level past the
+        bound, so a cycle (which no write can make) could not loop them.
+        The parent's row is locked (PostgreSQL) so that it is still there
+        when the plan is written under it."""
+        p = db.param
+        lock = "" if is_sqlite() else " FOR UPDATE OF parent"
+        row = db.execute_sql(
+            # up: the parent and its ancestors; down: the plan and its
+            # descendants, with their depth below it.
+            "WITH RECURSIVE up(id, parent_id, depth) AS ("
+            f" SELECT id, parent_id, 1 FROM instance_plan WHERE id = {p}"
+            " UNION ALL SELECT plan.id, plan.parent_id, up.depth + 1"
+            " FROM instance_plan AS plan JOIN up ON plan.id = up.parent_id"
+            f" WHERE up.depth <= {MAX_ANCESTORS}),"
+            " down(id, depth) AS ("
+            f" SELECT id, 0 FROM instance_plan WHERE id = {p}"
+            " UNION ALL SELECT plan.id, down.depth + 1"
+            " FROM instance_plan AS plan JOIN down ON plan.parent_id = down.id"
+            f" WHERE down.depth < {MAX_ANCESTORS})"
+            f" SELECT (SELECT count(*) FROM up WHERE id = {p}),"
+            " (SELECT count(*) FROM up) + (SELECT coalesce(max(depth), 0) FROM down)"
+            f" FROM instance_plan AS parent WHERE parent.id = {p}"
+            f" AND parent.instance_id = {p}{lock}",
+            [InstancePlan.id.db_value(parent_id), InstancePlan.id.db_value(plan_id),
+             InstancePlan.id.db_value(plan_id), InstancePlan.id.db_value(parent_id),
+             InstancePlan.instance.db_value(instance_id)]).fetchone()
+        return None if row is None else (row[0] > 0, row[1])
+
+
+# How deep plans nest: a plan has at most this many ancestors. A bound
+# keeps the check of a new parent (InstancePlan.ancestry) one short
+# statement, and no agent's objectives and tasks come near it.
+MAX_ANCESTORS = 100
 
 
 class IdempotencyKey(Model):

@@ -128,9 +128,17 @@ def Enum(choices, **kwargs):
     return fields.String(validate=validate.OneOf(choices), **kwargs)
 
 
-def EnumList(choices):
-    """A query filter taking one value of `choices` or a comma list of them."""
-    return DelimitedList(Enum(choices), validate=validate.Length(min=1))
+class EnumList(DelimitedList):
+    """A query filter taking one value of `choices` or a comma list of them.
+    Loads without repeats (`running,running` is `running`): how many values
+    a list has is part of its query's shape (routes/lists.py), and repeats
+    would make a new shape of each length for the same question."""
+
+    def __init__(self, choices):
+        super().__init__(Enum(choices), validate=validate.Length(min=1))
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        return list(dict.fromkeys(super()._deserialize(value, attr, data, **kwargs)))
 
 
 class Timestamp(fields.AwareDateTime):
@@ -184,12 +192,18 @@ class Seconds(fields.Float):
 
 class Sort(DelimitedList):
     """`sort=a,-b`: fields from `names`, each ascending or, with a leading
-    `-`, descending. Loads as a list of (name, descending) pairs."""
+    `-`, descending, each at most once (a second mention could never change
+    the order, and every sort is a query shape kept compiled). Loads as a
+    list of (name, descending) pairs."""
 
     def __init__(self, names):
         self.names = names
         keys = [key for name in names for key in (name, f"-{name}")]
-        super().__init__(fields.String(metadata={"enum": keys}), validate=validate.Length(min=1))
+        super().__init__(
+            fields.String(metadata={"enum": keys}), validate=validate.Length(1, len(names)),
+            metadata={"uniqueItems": True,
+                      "description": "A comma list of fields to sort by, each at most once, "
+                                     "with a leading - for descending order."})
 
     def _deserialize(self, value, attr, data, **kwargs):
         keys = []
@@ -199,5 +213,8 @@ class Sort(DelimitedList):
                 raise ValidationError(
                     f"Cannot sort by {item!r}; use {', '.join(self.names)}, "
                     "each with a leading - for descending order.")
+            if any(name == seen for seen, _ in keys):
+                raise ValidationError(f"{name!r} appears more than once; sort by each "
+                                      "field at most once.")
             keys.append((name, item.startswith("-")))
         return keys

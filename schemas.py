@@ -15,7 +15,9 @@ from marshmallow import (
 )
 
 from labels import KEY, LabelSelectors, Labels, is_key
-from models import INSTANCE_STATUSES, INSTANCE_TYPES, LOG_LEVELS, PLAN_STATUSES
+from models import (
+    INSTANCE_STATUSES, INSTANCE_TYPES, LOG_LEVELS, MAX_ANCESTORS, PLAN_STATUSES,
+)
 from schema_fields import (
     Deadline, Enum, EnumList, JSONObject, Moment, Pattern, QueryInteger, Seconds, Slug, Sort, Text,
     Timestamp, WholeNumber, not_blank,
@@ -408,7 +410,10 @@ class PlanSchema(Representation):
     status = Enum(PLAN_STATUSES)
     priority = WholeNumber(validate=INT32)
     instructions = Text(allow_none=True)
-    parent_id = fields.UUID(allow_none=True)
+    parent_id = fields.UUID(allow_none=True, metadata={"description": (
+        f"Another plan of the same instance. Plans nest at most {MAX_ANCESTORS} levels: "
+        f"a plan has at most {MAX_ANCESTORS} ancestors, and a plan is never its own "
+        "ancestor; a parent that would break either rule is refused (422 on parent_id).")})
     started_at = Moment(dump_only=True, allow_none=True)
     completed_at = Moment(dump_only=True, allow_none=True)
     created_at = Moment(dump_only=True)

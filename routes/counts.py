@@ -15,7 +15,7 @@ from peewee import SQL, fn
 
 import search
 from models import Instance
-from routes.lists import Filtering
+from routes.lists import Filtering, limited
 from schemas import COUNTED
 from storage import counters, db
 from storage.reads import Slot, run
@@ -24,6 +24,7 @@ from storage.reads import Slot, run
 MOST = 100
 
 
+@limited
 def count_response(args):
     """{"total": N, "by": {field: {value: count}}} for the list's filters in
     `args` and the fields of `args["by"]`."""

@@ -8,19 +8,20 @@ there is a cursor, and on SQLite which index the label or name filter is
 answered from (search.plan). The values are bound to it on each run.
 """
 from datetime import timedelta
-from functools import lru_cache
+from functools import lru_cache, wraps
 from typing import NamedTuple
 from urllib.parse import urlencode
 
-from flask import request
+from flask import current_app, request
 from flask_smorest import abort
 from peewee import SQL, fn
 from werkzeug.sansio.utils import get_current_url
 
 import search
 from models import LOG_LEVELS, Instance, InstanceLog
-from storage.fields import utcnow
 from storage import counters
+from storage.engines import read_limit
+from storage.fields import utcnow
 from storage.reads import Slot, counted_representations, last_id, run
 from routes.common import invalid, matching, not_found, noun
 
@@ -172,6 +173,18 @@ class Filtering:
         return self.where(self.model.select(fn.COUNT(SQL("*"))), plan.count)
 
 
+def limited(read):
+    """`read` under the read time limit (INSTANCES_QUERY_TIMEOUT): a list or
+    a count, the reads that a large table can make slow. A GET by id reads
+    one row by its key and goes without; writes are never limited."""
+    @wraps(read)
+    def limited_read(*args, **kwargs):
+        with read_limit(current_app.config["QUERY_TIMEOUT"]):
+            return read(*args, **kwargs)
+    return limited_read
+
+
+@limited
 def list_response(model, schema, args, instance_id=None, kept_count=None):
     """One page of `model`'s rows: those of the instance `instance_id` (a
     nested list; 404 when there is no such instance) that pass every

@@ -1,8 +1,7 @@
 """/api/instances/{id}/plans: objectives and tasks an agent works on."""
 from flask.views import MethodView
 
-from models import Instance, InstancePlan
-from storage.engines import for_write
+from models import MAX_ANCESTORS, Instance, InstancePlan
 from storage.writes import write
 from routes.common import (
     Blueprint, created, get_for_write, get_or_404, invalid, require_instance,
@@ -65,13 +64,18 @@ class InstancePlanById(MethodView):
 
 
 def check_parent(instance_id, parent_id, plan=None):
-    """2.4: a parent is another plan of the same instance, and never the plan
-    itself or one of its descendants (which would make a cycle)."""
+    """2.4: a parent is another plan of the same instance, never the plan
+    itself or one of its descendants (which would make a cycle), and leaves
+    no plan with more than MAX_ANCESTORS ancestors. One statement."""
     if parent_id is None:
         return
-    parent = for_write(InstancePlan.select().where(
-        InstancePlan.id == parent_id, InstancePlan.instance == instance_id)).first()
-    if parent is None:
+    found = InstancePlan.ancestry(instance_id, parent_id, plan and plan.id)
+    if found is None:
         invalid("json", "parent_id", f"No plan with id {parent_id} on this instance.")
-    if plan is not None and plan.id in (parent.id, *parent.ancestor_ids()):
+    cycle, deepest = found
+    if cycle:
         invalid("json", "parent_id", "A plan cannot be its own parent or ancestor.")
+    if deepest > MAX_ANCESTORS:
+        moved = "a new plan" if plan is None else "this plan or one of its descendants"
+        invalid("json", "parent_id", f"A plan has at most {MAX_ANCESTORS} ancestors; under "
+                f"this parent {moved} would have more.")

@@ -11,6 +11,7 @@ tables (models.py) and above the drivers.
 - writes: one writer at a time per process, and group commit.
 - counters: instances by status and type, kept by triggers.
 - reads: query shapes compiled once, rows read as JSON values.
+- shapes: the compiled shapes kept, the most recently used (a bound).
 - backup: an online copy of a SQLite file.
 
 Nothing here knows the tables; the tables and migrations know this.

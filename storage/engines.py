@@ -8,17 +8,19 @@ looking at the engine itself. Not here: the column types (fields), the
 write path (writes) and the read path (reads).
 """
 import threading
+import time
 from contextlib import contextmanager
 from functools import partial
 from urllib.parse import parse_qs, urlsplit
 
 import cysqlite
 import orjson
-from peewee import SQL, Cast, Node, NodeList, SqliteDatabase, Value, fn
+from peewee import SQL, Cast, DatabaseError, Node, NodeList, SqliteDatabase, Value, fn
 from playhouse.cysqlite_ext import CySqliteDatabase
 from playhouse.pool import PooledPostgresqlDatabase
 
 from storage import db
+from storage.shapes import Shapes
 from storage.tail import Listening, Polling, Tail
 from storage.writes import Writer, WriterBusy
 
@@ -201,7 +203,7 @@ def open_sqlite(path, busy_timeout=5.0, synchronous="NORMAL"):
     )
     database.writer = Writer(busy_timeout)
     database.tail = Tail()
-    database.shapes = {}
+    database.shapes = Shapes()
     database.text_timestamps = True
     # SQLite's own lower() and LIKE fold ASCII only; `q` should find "Écran"
     # with "écran" too.
@@ -226,7 +228,7 @@ def open_postgres(url, busy_timeout=5.0):
     # one session: 466 req/s queued, 332-371 without).
     database.writer = Writer(busy_timeout)
     database.tail = Tail()
-    database.shapes, database.readers = {}, {}
+    database.shapes, database.readers = Shapes(), {}
     database.text_timestamps = False
     # jsonb keeps numbers as NUMERIC and writes 1e20 back as 100000000000000000000;
     # psycopg's default loader (json) would make that an int wider than 64
@@ -238,6 +240,58 @@ def open_postgres(url, busy_timeout=5.0):
 
 def is_sqlite():
     return isinstance(db.obj, SqliteDatabase)
+
+
+class ReadTimeout(Exception):
+    """A read stopped by the read time limit (read_limit)."""
+
+    def __init__(self, seconds):
+        super().__init__(f"a read took longer than {seconds:g} s")
+        self.seconds = seconds
+
+
+# SQLite calls a limited read's progress handler every this many virtual
+# machine instructions: about every 1 to 2 ms (50 to 100 million a second
+# here), often enough for a limit of seconds, and rare enough that a list
+# page (tens of thousands) seldom calls it at all.
+PROGRESS_STEPS = 100_000
+# What the engines say when they stop a statement for the limit.
+STOPPED = ("interrupted", "statement timeout")
+
+
+@contextmanager
+def read_limit(seconds):
+    """Stop the statements run inside after `seconds` in all (0: no limit),
+    raising ReadTimeout; for reads only, so that no write is ever cut.
+
+    SQLite: the connection's progress handler, set for the duration and
+    taken off after, compares the clock to the deadline; SQLite stops the
+    statement when it says so. PostgreSQL: statement_timeout on the session
+    for the duration (each statement has the whole limit), reset after so
+    that the pooled connection serves writes unlimited."""
+    if not seconds:
+        yield
+        return
+    database = db.obj
+    sqlite = is_sqlite()
+    try:
+        if sqlite:
+            conn = database.connection()
+            deadline = time.monotonic() + seconds
+            conn.progress(lambda: time.monotonic() > deadline, PROGRESS_STEPS)
+        else:
+            database.execute_sql(f"SET statement_timeout = {max(1, round(seconds * 1000))}")
+        try:
+            yield
+        finally:
+            if sqlite:
+                conn.progress(None)
+            elif not database.is_closed():
+                database.execute_sql("RESET statement_timeout")
+    except DatabaseError as exc:
+        if any(word in str(exc) for word in STOPPED):
+            raise ReadTimeout(seconds) from exc
+        raise
 
 
 def log_watcher(versions, channel):

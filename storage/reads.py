@@ -52,11 +52,9 @@ def run(shape, build, values):
 
 
 def compiled(shape, make):
-    """The (sql, params) that `make()` gives for `shape`, made once."""
-    found = db.shapes.get(shape)
-    if found is None:
-        found = db.shapes[shape] = make()
-    return found
+    """The (sql, params) that `make()` gives for `shape`, made once while
+    it is among the SHAPES most recently used."""
+    return db.shapes.made(shape, make)
 
 
 def bind(params, values):

@@ -3,6 +3,7 @@ cursor, its validation, its wake-ups, its deadline, its bound, and what a
 waiting request holds. Several processes and real servers:
 test_tail_servers.py; the order logs are numbered in: test_sequence.py."""
 import logging
+import sys
 import threading
 import time
 from urllib.parse import parse_qs, urlsplit
@@ -42,10 +43,28 @@ class Waiter(threading.Thread):
         return [log["message"] for log in self.result().get_json()]
 
 
-def held(*waiters, seconds=0.3):
-    """Let the waiters reach their wait; all must still be waiting."""
-    time.sleep(seconds)
-    assert all(waiter.is_alive() for waiter in waiters), "a wait was answered early"
+def asleep(waiter):
+    """Whether the waiter's request is asleep in its wait (storage.tail's
+    Wait.sleep) having read every change to its instance so far: the
+    server's own state, read from the thread's frames."""
+    frame = sys._current_frames().get(waiter.ident)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "sleep" and code.co_filename.endswith("tail.py"):
+            wait = frame.f_locals.get("self")
+            return wait is not None and frame.f_locals.get("seen") == wait.followed.version
+        frame = frame.f_back
+    return False
+
+
+def held(*waiters, timeout=10):
+    """Poll until every waiter is asleep in its wait after reading all that
+    happened to its instance; none may have been answered meanwhile."""
+    deadline = time.monotonic() + timeout
+    while not all(asleep(waiter) for waiter in waiters):
+        assert all(waiter.is_alive() for waiter in waiters), "a wait was answered early"
+        assert time.monotonic() < deadline, "the waits were not held"
+        time.sleep(0.005)
 
 
 @pytest.fixture
@@ -164,7 +183,7 @@ def test_a_wait_is_held_through_logs_its_filters_leave_out(client, logs_url, las
     held(severe, errors)
     post("not this one", level="warn")
     post("nor this", level="error", log_type="agent_action")
-    held(errors, seconds=0.3)
+    held(errors)
     assert severe.messages() == ["nor this"]
     post("this", level="fatal", log_type="crash")
     assert errors.messages() == ["this"]
@@ -305,13 +324,13 @@ def test_waiting_costs_no_query_per_waiter(client, logs_url, last, post, make_in
     notification names the instance, so none); the waiters read nothing."""
     other = make_instance()
     waiters = [Waiter(client, tail(logs_url, last, wait=10)) for _ in range(3)]
-    held(*waiters, seconds=0.5)
+    held(*waiters)
     with Statements() as quiet:
         time.sleep(0.5)
     with Statements() as elsewhere:
         post("elsewhere", url=f"/api/instances/{other['id']}/logs")
         time.sleep(0.5)
-    held(*waiters, seconds=0)
+    held(*waiters)
 
     assert quiet.seen == []
     assert len(elsewhere.seen) == (1 if models.is_sqlite() else 0), elsewhere.seen
@@ -328,20 +347,22 @@ def test_a_waiting_request_holds_no_connection_nor_snapshot(client, logs_url, la
     connection: SQLite sees the read locks of its own library only)."""
     other = f"/api/instances/{make_instance()['id']}/logs"
     waiters = [Waiter(client, tail(logs_url, last, wait=10)) for _ in range(3)]
-    held(*waiters, seconds=0.5)
+    held(*waiters)
     post("more frames", url=other)
     if models.is_sqlite():
-        # The watcher reads for an instant after each change: a few tries.
-        for _ in range(10):
+        # The watcher reads for an instant after each change: tries until
+        # a deadline.
+        deadline = time.monotonic() + 10
+        while True:
             _, frames, copied = models.db.execute_sql(
                 "PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            if copied == frames:
+            if copied == frames or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
         assert copied == frames > 0
     else:
         assert models.db.obj._in_use == {}
-    held(*waiters, seconds=0)
+    held(*waiters)
     post("done")
     for waiter in waiters:
         assert waiter.messages() == ["done"]

@@ -5,6 +5,7 @@ On SQLite, and on PostgreSQL when INSTANCES_TEST_DATABASE_URL is set."""
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -46,8 +47,57 @@ class Waiting(threading.Thread):
         return [log["id"] for log in reply.get_json()]
 
 
-def held(*waiters, seconds=0.5):
-    time.sleep(seconds)
+# Linux's number of futex(2): a thread blocked on a Python lock or condition.
+FUTEX = "202"
+
+
+def thread_calls(server):
+    """(pid, tid) -> the system call each thread of the server's serving
+    processes is blocked in, as /proc/PID/task/TID/syscall gives it: the
+    number, then the arguments ("running" when it is not blocked)."""
+    pids = server.pids()
+    calls = {}
+    for pid in pids[1:] or pids:    # the workers, or the one process
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                calls[pid, int(task.name)] = (task / "syscall").read_text().split()
+            except (OSError, ValueError):   # the thread ended meanwhile
+                pass
+    return calls
+
+
+def request_threads(server, threads=8, timeout=10):
+    """The server's request threads, found while it is idle: the threads
+    blocked in a futex wait without a timeout (waitress's, waiting for a
+    request), `threads` per serving process. The log watcher starts with
+    the first wait, so it is not among them."""
+    seen, deadline = set(), time.monotonic() + timeout
+    processes = len(server.pids()[1:] or server.pids())
+    while time.monotonic() < deadline:
+        for key, call in thread_calls(server).items():
+            if call[0] == FUTEX and call[4] == "0x0":
+                seen.add(key)
+        if len(seen) >= threads * processes:
+            return seen
+        time.sleep(0.01)
+    raise AssertionError(f"found {len(seen)} idle request threads, not {threads * processes}")
+
+
+def held(server, threads, *waiters, count=None, timeout=10):
+    """Poll until `count` (default: one per waiter) of the server's request
+    `threads` (request_threads) are blocked in a wait with a timeout, which
+    a held wait is once it has read its first, empty page; the waiters must
+    all still be waiting then."""
+    count = len(waiters) if count is None else count
+    deadline = time.monotonic() + timeout
+    while True:
+        calls = thread_calls(server)
+        holding = sum(1 for key in threads
+                      if calls.get(key, ["running"])[0] == FUTEX and calls[key][4] != "0x0")
+        if holding >= count:
+            break
+        assert time.monotonic() < deadline, f"{holding} of {count} waits held"
+        time.sleep(0.005)
     assert all(waiter.is_alive() for waiter in waiters), "a wait was answered early"
 
 
@@ -92,10 +142,11 @@ def test_a_log_committed_by_any_process_wakes_waiters_within_250_ms(
     else:
         waiting = writing = start_server("--workers", "2")
     logs, cursor = new_instance(writing.url)
+    threads = request_threads(waiting)
     samples = []
     for _ in range(8):
         waiters = [Waiting(waiting.url, f"{logs}?after={cursor}&wait=10") for _ in range(3)]
-        held(*waiters, seconds=0.4)
+        held(waiting, threads, *waiters)
         cursor = append(writing.url, logs, "wake up")
         posted = time.monotonic()
         for waiter in waiters:
@@ -112,8 +163,9 @@ def test_deleting_the_instance_through_another_process_ends_its_waits_with_404(s
     waiting = start_server()
     deleting = start_server(db=waiting.db_path, log_name="writer.log")
     logs, cursor = new_instance(waiting.url)
+    threads = request_threads(waiting)
     waiters = [Waiting(waiting.url, f"{logs}?after={cursor}&wait=20") for _ in range(2)]
-    held(*waiters)
+    held(waiting, threads, *waiters)
     assert request(deleting.url, "DELETE", logs.removesuffix("/logs")).status_code == 204
     deleted = time.monotonic()
     for waiter in waiters:
@@ -221,8 +273,10 @@ def test_forty_waiters_leave_the_server_serving_and_most_are_answered_at_once(st
     # The bound is per process: one process, so that it is exactly 4 of 40.
     server = start_server("--workers", "1")
     logs, cursor = new_instance(server.url)
+    threads = request_threads(server)
     waiters = [Waiting(server.url, f"{logs}?after={cursor}&wait=4") for _ in range(40)]
-    time.sleep(0.5)
+    # The bound's 4 held (the other 36 are answered at once, or soon).
+    held(server, threads, count=4)
     started = time.monotonic()
     reply = request(server.url, "GET", logs.removesuffix("/logs"))
     assert reply.status_code == 200
@@ -239,8 +293,9 @@ def test_past_the_bound_a_wait_is_answered_at_once(start_server):
     # The bound is per process: one process, so the second waiter meets it.
     server = start_server("--workers", "1", env={"INSTANCES_MAX_WAITS": "1"})
     logs, cursor = new_instance(server.url)
+    threads = request_threads(server)
     first = Waiting(server.url, f"{logs}?after={cursor}&wait=10")
-    held(first)
+    held(server, threads, first)
     second = Waiting(server.url, f"{logs}?after={cursor}&wait=10")
     assert second.ids() == []
     assert second.answered - second.started < 1
@@ -252,8 +307,9 @@ def test_past_the_bound_a_wait_is_answered_at_once(start_server):
 def test_sigterm_answers_every_waiter_within_a_second_and_exits_0(start_server, workers):
     server = start_server("--workers", workers)
     logs, cursor = new_instance(server.url)
+    threads = request_threads(server)
     waiters = [Waiting(server.url, f"{logs}?after={cursor}&wait=25") for _ in range(4)]
-    held(*waiters)
+    held(server, threads, *waiters)
     server.proc.send_signal(signal.SIGTERM)
     stopped = time.monotonic()
     for waiter in waiters:
