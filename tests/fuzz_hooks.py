@@ -73,6 +73,9 @@ UNEXPRESSIBLE = (
     # `sort` with `after`, whose order is fixed (commit order): two
     # parameters each valid alone, which OpenAPI cannot tie together.
     ("query", "sort", "after"),
+    # `sort=name,-name`: distinct items (uniqueItems holds) naming one
+    # field twice, which JSON Schema cannot say of an enum's members.
+    ("query", "sort", "appears more than once"),
     # Likewise `wait` (3.3): only with `after`, and not with limit=0.
     ("query", "wait", "after="),
     ("query", "wait", "limit=0"),
