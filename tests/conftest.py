@@ -274,6 +274,19 @@ def headless_chromium(window="1280,1000", logs=False, timezone=None):
     return webdriver.Chrome(options=options, service=service)
 
 
+def wait_until(check, timeout=15, what="the condition"):
+    """Poll `check()` until it gives a true value, which is returned, or fail
+    after `timeout` seconds: how a test waits for another process's state
+    (never a bare sleep as a rendezvous)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
 def clean_environment():
     """The caller's environment without INSTANCES_* settings."""
     return {name: value for name, value in os.environ.items()

@@ -9,11 +9,10 @@ import json
 import logging
 import queue
 import threading
-import time
 
 import pytest
 
-from conftest import ROOT, SITE, USER
+from conftest import ROOT, SITE, USER, wait_until
 from instance_api_client import ApiError, Client, InstanceLogHandler
 
 PATHS = set(json.loads((ROOT / "openapi.json").read_text())["paths"])
@@ -33,23 +32,13 @@ def new_box(api, **fields):
     return api.create_instance(site_id=SITE, user_id=USER, **{"name": "box", **fields})
 
 
-def until(condition, timeout=10):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("not within the deadline")
-
-
 @needs("/api/instances/{instance_id}/heartbeat")
 def test_heartbeat_and_a_status_reason(api):
     box = new_box(api, status="running")
     before = box["last_activity_at"]
     assert api.heartbeat(box["id"]) is None
-    until(lambda: api.heartbeat(box["id"]) or
-          api.get_instance(box["id"])["last_activity_at"] > before)
+    wait_until(lambda: api.heartbeat(box["id"]) or
+               api.get_instance(box["id"])["last_activity_at"] > before)
 
     ended = api.set_status(box["id"], "error", "the browser crashed")
     assert ended["status"] == "error" and ended["status_reason"] == "the browser crashed"
@@ -70,9 +59,9 @@ def test_the_handler_beats(api, monkeypatch):
     before = box["last_activity_at"]
     handler = InstanceLogHandler(api, box["id"], heartbeat_interval=0.2)
     try:
-        until(lambda: api.get_instance(box["id"])["last_activity_at"] > before)
+        wait_until(lambda: api.get_instance(box["id"])["last_activity_at"] > before)
         api.set_status(box["id"], "stopped")
-        until(lambda: any("heartbeats" in text for text in reports))
+        wait_until(lambda: any("heartbeats" in text for text in reports))
     finally:
         handler.close()
 

@@ -9,7 +9,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
-from conftest import SITE, USER, call
+from conftest import SITE, USER, call, wait_until
 
 FAST = {"INSTANCES_LIFECYCLE_INTERVAL": "0.2"}
 # CONTRACT 4.1: within 5 s of the deadline; the deadline is the timeout
@@ -34,17 +34,6 @@ def lifecycle_logs(url, instance_id):
     resp = call(url, "GET", f"/api/instances/{instance_id}/logs?log_type=lifecycle")
     assert resp.status_code == 200
     return resp.get_json()
-
-
-def wait_until(check, timeout, what):
-    """Poll `check()` until it gives a true value, which is returned."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout} s: {what}")
 
 
 def when(text):

@@ -4,12 +4,11 @@ outlive a worker, instance counts from the database, tokens."""
 import os
 import signal
 import threading
-import time
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import SITE, USER, call
+from conftest import SITE, USER, call, wait_until
 
 ONE = "/api/instances/<uuid:instance_id>"
 LOGS = "/api/instances/<uuid:instance_id>/logs"
@@ -38,17 +37,6 @@ def create(url, headers=None, **fields):
                 {"site_id": SITE, "user_id": USER, "name": "box", **fields}, headers)
     assert resp.status_code == 201, resp.get_data(as_text=True)
     return resp.get_json()
-
-
-def until(predicate, timeout=15, what="the condition"):
-    """Poll `predicate` until it gives a true value (returned), or fail."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"{what} did not come within {timeout} s")
 
 
 def workers(srv):
@@ -96,9 +84,9 @@ def test_exact_counts_over_two_workers_and_after_workers_die(start_server):
     # request above was served by a process that is gone, and still counts.
     for victim in sorted(workers(srv)):
         os.kill(victim, signal.SIGKILL)
-        until(lambda victim=victim: len(workers(srv)) == 2 and victim not in workers(srv),
-              what="a replacement worker")
-    until(lambda: call(url, "GET", "/healthz").status_code == 200, what="a serving worker")
+        wait_until(lambda victim=victim: len(workers(srv)) == 2 and victim not in workers(srv),
+                   what="a replacement worker")
+    wait_until(lambda: call(url, "GET", "/healthz").status_code == 200, what="a serving worker")
     after = scrape(url)
     assert requests(after, ONE) == 37
     assert requests(after, "<unmatched>", status="404") == 5
@@ -121,15 +109,15 @@ def test_a_held_wait_is_timed_apart_and_counted_among_waiters(start_server):
     path = f"/api/instances/{instance['id']}/logs?after={first['id']}&wait=30"
     tail = threading.Thread(target=lambda: answer.update(resp=call(url, "GET", path)))
     tail.start()
-    until(lambda: scrape(url)[waiters] == 1, what="the waiter")
+    wait_until(lambda: scrape(url)[waiters] == 1, what="the waiter")
     assert call(url, "POST", f"/api/instances/{instance['id']}/logs",
                 {"log_type": "system", "message": "two"}).status_code == 201
     tail.join(30)
     assert answer["resp"].status_code == 200
     assert [log["message"] for log in answer["resp"].get_json()] == ["two"]
 
-    found = until(lambda: (lambda found: found[waiters] == 0 and found)(scrape(url)),
-                  what="the waiter gone")
+    found = wait_until(lambda: (lambda found: found[waiters] == 0 and found)(scrape(url)),
+                       what="the waiter gone")
     labels = (("method", "GET"), ("route", LOGS), ("status", "200"))
     assert found[("instance_api_wait_duration_seconds_count", labels)] == 1
     # The request-duration histogram has the plain list only; the count of
