@@ -12,6 +12,7 @@ import orjson
 from peewee import fn
 from playhouse.migrate import SchemaMigrator, migrate
 
+import feeds
 import search
 from models import (
     MODELS, Instance, InstanceLog, InstancePlan, SchemaVersion, create_triggers, recount_logs,
@@ -24,7 +25,7 @@ log = logging.getLogger("instance_api")
 
 # Files written by the first release have the tables but no schema_version.
 FIRST_VERSION = 1
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 10
 
 
 class SchemaTooNew(Exception):
@@ -114,6 +115,15 @@ def _sequence_logs(migrator):
     number_logs()
 
 
+def _fleet_feeds(migrator):
+    """logs numbered fleet-wide, the event table"""
+    # Version 10 (9 is the lifecycle's fields): each log's place in the
+    # fleet's log (feeds.py), numbered in rowid order for the logs already
+    # there on SQLite, by the new columns' defaults on PostgreSQL. The rest
+    # (event table, triggers, indexes) is made by feeds.create below.
+    feeds.add_log_positions()
+
+
 # Instances whose logs one UPDATE numbers: bounded work per statement, and a
 # progress line between statements on a big table.
 NUMBERING_CHUNK = 1000
@@ -146,7 +156,8 @@ def number_logs(chunk=NUMBERING_CHUNK):
 # need no entry: create_tables adds whatever is missing (version 4's sort
 # indexes, version 5's log counting trigger).
 MIGRATIONS = {2: _add_plan_tree_and_times, 3: _count_logs_per_instance, 4: _canonical_json,
-              6: _canonical_uuids, 7: _labels_and_search, 8: _sequence_logs}
+              6: _canonical_uuids, 7: _labels_and_search, 8: _sequence_logs,
+              10: _fleet_feeds}
 
 
 def create_tables():
@@ -175,6 +186,7 @@ def create_tables():
                              MIGRATIONS[step].__doc__)
                     MIGRATIONS[step](migrator)
             db.create_tables(MODELS, safe=True)
+            feeds.create()
             create_triggers()
             search.create_indexes()
             SchemaVersion.delete().execute()

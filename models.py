@@ -15,6 +15,7 @@ from peewee import (
     TextField, fn,
 )
 
+import feeds
 from storage import db
 from storage.engines import is_sqlite, log_watcher
 from storage.fields import CanonicalUUIDField, ObjectField, UTCDateTimeField, utcnow
@@ -285,6 +286,9 @@ class InstanceLog(BaseModel):
 #   (LOG_CHANNEL) wakes its live tails in every process when the transaction
 #   commits (storage.tail); a deleted instance notifies too. SQLite's
 #   watcher polls instead.
+# - each log's fleet_seq, its place in the fleet's log (feeds.py): on
+#   SQLite the next value of the one-row counter, in the same UPDATE as seq;
+#   on PostgreSQL column defaults (a sequence and the transaction's id).
 # SQLite triggers run per row, so the number is the new log_count. On
 # PostgreSQL the count is updated once per statement, over the inserted rows,
 # after them; the number is taken per row, before it is written: the first
@@ -302,8 +306,10 @@ LOG_TRIGGERS = {
         CREATE TRIGGER IF NOT EXISTS instance_log_counted AFTER INSERT ON instance_log
         BEGIN
             UPDATE instance SET log_count = log_count + 1 WHERE id = NEW.instance_id;
+            UPDATE feed_counter SET value = value + 1 WHERE id = 1;
             UPDATE instance_log
-            SET seq = (SELECT log_count FROM instance WHERE id = NEW.instance_id)
+            SET seq = (SELECT log_count FROM instance WHERE id = NEW.instance_id),
+                fleet_seq = (SELECT value FROM feed_counter WHERE id = 1)
             WHERE rowid = NEW.rowid;
         END"""],
     "postgresql": ["""
@@ -355,7 +361,7 @@ def follow_logs(max_waits):
     """Let up to `max_waits` requests of this process wait for an
     instance's next log (storage.tail), woken by the logs of every process."""
     db.tail.configure(max_waits, log_watcher(
-        Instance.log_counts, LOG_CHANNEL.format(schema="current_schema()")))
+        feeds.versions(Instance.log_counts), LOG_CHANNEL.format(schema="current_schema()")))
 
 
 class InstancePlan(EditableModel):

@@ -350,6 +350,24 @@ def undo_version_7():
     models.db.execute_sql("ALTER TABLE instance DROP COLUMN labels")   # and its GIN index
 
 
+def undo_fleet_feeds():
+    """PostgreSQL: take the open database back to before schema version 10
+    (feeds.py): no event table or triggers, no fleet positions of logs."""
+    db = models.db
+    for name, table in (("event_instance_created", "instance"),
+                        ("event_instance_updated", "instance"),
+                        ("event_instance_deleted", "instance"),
+                        ("event_plan_created", "instance_plan"),
+                        ("event_plan_updated", "instance_plan"),
+                        ("event_plan_deleted", "instance_plan")):
+        db.execute_sql(f"DROP TRIGGER {name} ON {table}")
+        db.execute_sql(f"DROP FUNCTION {name}")
+    db.execute_sql("DROP TABLE event, feed_mark")
+    db.execute_sql("DROP FUNCTION event_notified")
+    db.execute_sql("ALTER TABLE instance_log DROP COLUMN fleet_seq, DROP COLUMN fleet_xid")
+    db.execute_sql("DROP SEQUENCE instance_log_fleet_seq")
+
+
 def undo_log_sequence(counting=True):
     """Take the open database back to before schema version 8: no seq, its
     index or its triggers; the log-count trigger of versions 5 to 7 when
