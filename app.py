@@ -60,6 +60,19 @@ DEFAULTS = {
     "API_TOKENS": "",
     "API_TOKENS_FILE": "",
     "ALLOW_OPEN_NETWORK": False,
+    # The fleet's feeds and webhooks (feeds.py, webhooks/): how long events
+    # are kept (a duration: 90s, 30m, 12h, 7d), how often the purge and the
+    # delivery pass run (seconds), the first retry delay (doubling up to an
+    # hour), how long an event is retried before it is given up, the CIDRs
+    # webhook targets must be in (empty: any but link-local and
+    # unspecified), and how many webhooks there may be.
+    "EVENT_RETENTION": "7d",
+    "EVENT_PURGE_INTERVAL": 60.0,
+    "WEBHOOK_POLL_INTERVAL": 1.0,
+    "WEBHOOK_RETRY_BASE": 1.0,
+    "WEBHOOK_GIVE_UP": "24h",
+    "WEBHOOK_ALLOW": "",
+    "MAX_WEBHOOKS": 100,
     "API_TITLE": "Instance Management API",
     "API_VERSION": "1.0.0",
     "OPENAPI_VERSION": "3.1.0",
@@ -275,6 +288,31 @@ def waits(value):
 waits.__name__ = "count of waits (0 or more)"
 
 
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(value):
+    """A duration in seconds, from `90s`, `30m`, `12h`, `7d` or a number of seconds."""
+    text = str(value).strip().lower()
+    unit = DURATION_UNITS.get(text[-1:]) if text else None
+    number = float(text[:-1] if unit else text) * (unit or 1)
+    if not number > 0 or number == float("inf"):
+        raise ValueError(value)
+    return number
+
+
+duration.__name__ = "duration (90s, 30m, 12h, 7d)"
+
+
+def cidrs(value):
+    from webhooks.targets import parse_allow
+    parse_allow(str(value))
+    return str(value)
+
+
+cidrs.__name__ = "comma list of CIDRs"
+
+
 def positive(kind):
     def convert(value):
         number = kind(value)
@@ -293,6 +331,9 @@ SETTING_TYPES = {
     "CHANNEL_TIMEOUT": positive(int), "CONNECTION_LIMIT": positive(int),
     "CHECKPOINT_INTERVAL": positive(float), "API_TOKENS": str, "API_TOKENS_FILE": str,
     "ALLOW_OPEN_NETWORK": flag,
+    "EVENT_RETENTION": duration, "EVENT_PURGE_INTERVAL": positive(float),
+    "WEBHOOK_POLL_INTERVAL": positive(float), "WEBHOOK_RETRY_BASE": positive(float),
+    "WEBHOOK_GIVE_UP": duration, "WEBHOOK_ALLOW": cidrs, "MAX_WEBHOOKS": count,
 }
 SECRET = ("API_TOKENS", "DATABASE_URL")  # may hold secrets: never repeated in a message
 

@@ -18,7 +18,7 @@ from routes.lists import Filtering, ordering
 from storage import db
 from storage.engines import is_sqlite
 from storage.fields import ObjectField, UTCDateTimeField, rfc3339
-from storage.reads import Slot, run
+from storage.reads import Slot, bind, compiled, run
 
 # X-Total-Count is exact up to this many rows, and left out beyond.
 COUNT_LIMIT = 10_000
@@ -137,10 +137,21 @@ class Query:
             sql, params = inner.sql()
             return f"SELECT count(*) FROM ({sql}) AS counted", params
 
-        from storage.reads import bind, compiled
         sql, params = compiled(("feed count", self.source.model, self.shape), build)
         total = db.execute_sql(sql, bind(params, self.values)).fetchone()[0]
         return None if total > COUNT_LIMIT else total
+
+    def count_after(self, position, limit):
+        """The number of matching rows after `position`, up to `limit`."""
+        def build():
+            inner = self.source.model.select(SQL("1")).where(
+                *self.source.after(), *self.conditions()).limit(limit)
+            sql, params = inner.sql()
+            return f"SELECT count(*) FROM ({sql}) AS counted", params
+
+        sql, params = compiled(("feed count after", self.source.model, self.shape, limit), build)
+        values = {**self.values, "xid": position.xid, "seq": position.seq}
+        return db.execute_sql(sql, bind(params, values)).fetchone()[0]
 
     def page(self, limit, offset, sort=()):
         """Newest first (or by `sort`), from `offset`."""

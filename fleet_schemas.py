@@ -7,7 +7,9 @@ query, `<Noun>CreateSchema` / `<Noun>UpdateSchema` the bodies.
 """
 import uuid
 
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import (
+    Schema, ValidationError, fields, pre_load, validate, validates_schema,
+)
 from webargs.fields import DelimitedList
 
 from feeds import EVENT_TYPES, parse_position
@@ -183,9 +185,17 @@ class WebhookCreatedSchema(WebhookSchema):
 
 
 class WebhookUpdateSchema(InputSchema, WebhookSchema):
-    SERVER_SET_HERE = ("secret", "last_delivery_at", "last_status", "last_error", "pending",
-                       "failed")
+    # 4.7: the server's fields of a webhook are ignored in a body, like id
+    # and the timestamps, so a GET-edit-PATCH round trip works.
+    SERVER_SET_HERE = frozenset(("secret", "last_delivery_at", "last_status", "last_error",
+                                 "pending", "failed"))
     EXAMPLE = {"active": False}
+
+    @pre_load
+    def drop_delivery_state(self, data, **kwargs):
+        if isinstance(data, dict) and not self.SERVER_SET_HERE.isdisjoint(data):
+            data = {k: v for k, v in data.items() if k not in self.SERVER_SET_HERE}
+        return data
 
 
 class WebhookCreateSchema(WebhookUpdateSchema):

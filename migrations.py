@@ -186,11 +186,19 @@ def create_tables():
                              MIGRATIONS[step].__doc__)
                     MIGRATIONS[step](migrator)
             db.create_tables(MODELS, safe=True)
+            db.create_tables(webhook_models(), safe=True)
             feeds.create()
             create_triggers()
             search.create_indexes()
             SchemaVersion.delete().execute()
             SchemaVersion.create(version=SCHEMA_VERSION)
+
+
+def webhook_models():
+    # Imported here: webhooks.store reads the feeds through the routes'
+    # list machinery, which imports the models this module migrates.
+    from webhooks.store import Webhook
+    return [Webhook]
 
 
 def checked(version):

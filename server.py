@@ -24,11 +24,14 @@ from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.task import ErrorTask
 
 import logtail
+from jobs.event_purge import EventPurge
+from jobs.runner import Runner
 from app import DEFAULTS, PROBLEM_TYPE, create_app, shown_database
 from loglines import configure_logging
 from storage import db
 from storage.backup import BackupFailed
 from storage.backup import backup as backup_file
+from webhooks.delivery import Delivery
 from workers import STARTUP_ERRORS, bind, prefork, worker_count
 
 log = logging.getLogger("instance_api")
@@ -211,6 +214,9 @@ def run(server, cfg):
     checkpoints = threading.Thread(target=checkpoint_every, daemon=True,
                                    args=(cfg["CHECKPOINT_INTERVAL"], stopping))
     checkpoints.start()
+    # The background jobs of this process (after a fork: threads do not
+    # survive one), stopped before the database closes.
+    runner = background(server.application).start()
     try:
         while not stopping.is_set():
             wasyncore.loop(timeout=STOP_CHECK_INTERVAL, map=server._map, use_poll=True,
@@ -222,9 +228,15 @@ def run(server, cfg):
     finally:
         server.close()
         server.task_dispatcher.shutdown(timeout=1)
+        runner.stop()
         db.close_all()
     log.info("Stopped")
     return 0
+
+
+def background(app):
+    """The jobs every process of the server runs (jobs/)."""
+    return Runner(app, [EventPurge(app), Delivery(app)])
 
 
 def refuse_open_network(cfg):

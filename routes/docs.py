@@ -194,6 +194,7 @@ def document(operation, method, has_ids, guarded):
         errors.add(412)
     if method == "post":
         parameters.append("IdempotencyKey")
+    if method == "post" and "201" in responses:
         responses["201"]["headers"].update(
             {"Location": "Location", "Idempotent-Replayed": "IdempotentReplayed"})
     for code in sorted(errors):
