@@ -14,7 +14,6 @@ import search
 from feeds import Event, Position
 from labels import DIFFERS, EQUALS, HAS, POSITIVE
 from models import Instance, InstanceLog
-from routes.lists import Filtering, ordering
 from storage import db
 from storage.engines import is_sqlite
 from storage.fields import ObjectField, UTCDateTimeField, rfc3339
@@ -88,6 +87,10 @@ class Query:
     """One request's page of a feed: its filters bound, ready to read."""
 
     def __init__(self, source, args):
+        # Imported here: the routes package imports this module (routes/feeds.py),
+        # and a job importing this one first would otherwise go round in a circle.
+        from routes.lists import Filtering
+
         self.source = source
         model = source.model
         own = {name: value for name, value in args.items() if name in source.own}
@@ -159,6 +162,7 @@ class Query:
             query = self.select()
             conditions = self.conditions()
             query = query.where(*conditions) if conditions else query
+            from routes.lists import ordering
             order = (ordering(self.source.model, sort) if self.source is LOGS
                      else [self.source.seq.desc()])   # events: newest first by number
             return query.order_by(*order).limit(

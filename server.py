@@ -164,11 +164,11 @@ def serve(argv):
     if workers == 1:
         announce(server.effective_host, server.effective_port, cfg,
                  f"1 process, {cfg['THREADS']} threads")
-        return run(server, cfg)
+        return run(server, app)
 
     def make_worker():
         server = make_server(app, sockets=[listener])
-        return lambda: run(server, cfg)
+        return lambda: run(server, app)
 
     return prefork(listener, workers, make_worker, ready=lambda host, port: announce(
         host, port, cfg, f"{workers} worker processes, {cfg['THREADS']} threads each"))
@@ -206,8 +206,9 @@ def make_server(app, **where):
 STOP_CHECK_INTERVAL = 0.2
 
 
-def run(server, cfg):
+def run(server, app):
     """The serving loop of one process, until SIGTERM or SIGINT."""
+    cfg = app.config
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda signum, frame: stopping.set())
@@ -216,7 +217,7 @@ def run(server, cfg):
     checkpoints.start()
     # The background jobs of this process (after a fork: threads do not
     # survive one), stopped before the database closes.
-    runner = background(server.application).start()
+    runner = background(app).start()
     try:
         while not stopping.is_set():
             wasyncore.loop(timeout=STOP_CHECK_INTERVAL, map=server._map, use_poll=True,
