@@ -106,8 +106,8 @@ def test_filters_type_family_instance_site_and_the_labels_as_they_were(client, m
     client.patch(f"/api/instances/{web['id']}", json={"labels": {"env": "staging"}})
 
     assert types(client, "type=plan.*") == ["plan.created"]
-    assert types(client, "type=instance.updated,plan.created") == ["plan.created",
-                                                                    "instance.updated"]
+    assert types(client, "type=instance.updated,plan.created") == [
+        "plan.created", "instance.updated"]
     assert types(client, f"instance_id={lab['id']}") == ["instance.created"]
     assert types(client, f"site_id={OTHER_SITE}") == ["instance.created"]
     # The first two events of web had env=prod; the update has env=staging.
