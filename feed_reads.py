@@ -144,15 +144,18 @@ class Query:
         total = db.execute_sql(sql, bind(params, self.values)).fetchone()[0]
         return None if total > COUNT_LIMIT else total
 
-    def count_after(self, position, limit):
-        """The number of matching rows after `position`, up to `limit`."""
+    def count_after(self, position, limit, held=False):
+        """The number of matching rows after `position`, up to `limit`; with
+        `held`, those still held back too (PostgreSQL)."""
         def build():
+            after = self.source.after()[:1] if held else self.source.after()
             inner = self.source.model.select(SQL("1")).where(
-                *self.source.after(), *self.conditions()).limit(limit)
+                *after, *self.conditions()).limit(limit)
             sql, params = inner.sql()
             return f"SELECT count(*) FROM ({sql}) AS counted", params
 
-        sql, params = compiled(("feed count after", self.source.model, self.shape, limit), build)
+        sql, params = compiled(
+            ("feed count after", self.source.model, self.shape, limit, held), build)
         values = {**self.values, "xid": position.xid, "seq": position.seq}
         return db.execute_sql(sql, bind(params, values)).fetchone()[0]
 

@@ -314,3 +314,18 @@ def mark_purged(position):
 
 
 PARAM = {True: "?", False: "%s"}
+
+
+def hold_back_age():
+    """PostgreSQL: how long (seconds) the oldest transaction of the cluster
+    that holds a transaction id has been open, and its process id: while it
+    is open, the feeds hold back every row written after it began (see
+    docs/operations.md). (0.0, None) on SQLite or when there is none. For
+    /metrics (instance_api_feed_hold_back_seconds)."""
+    if is_sqlite():
+        return 0.0, None
+    found = db.execute_sql(
+        "SELECT extract(epoch FROM clock_timestamp() - xact_start), pid "
+        "FROM pg_stat_activity WHERE backend_xid IS NOT NULL "
+        "ORDER BY xact_start LIMIT 1").fetchone()
+    return (0.0, None) if found is None else (float(found[0]), found[1])

@@ -53,7 +53,7 @@ class InstanceLogById(MethodView):
 # How soon a fleet feed's reader looks again while rows past its cursor
 # are held back (feed_reads.Query.held_back): their transaction may have
 # committed without a notification (one that wrote no log or event).
-HELD_BACK_RECHECK = 0.1
+HELD_BACK_RECHECK = 0.05
 
 
 def held(page, key, seconds, pending=None):

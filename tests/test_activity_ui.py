@@ -5,7 +5,10 @@ server, read as a person reads it (see test_ui.py)."""
 import time
 
 from conftest import call
-from test_ui import LIVE, XSS, browser, create, page_text, post, section, shows  # noqa: F401
+import test_ui
+from test_ui import LIVE, XSS, create, page_text, post, section, shows
+
+browser = test_ui.browser   # the fixture
 
 
 def test_the_activity_page_is_the_dashboard_shell_with_its_headers(client):

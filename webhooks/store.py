@@ -98,7 +98,7 @@ def pending(webhook, limit=10_000):
     """How many events wait for this webhook (counted up to `limit`)."""
     if not webhook.active:
         return 0
-    return Query(EVENTS, webhook.filters()).count_after(webhook.position, limit)
+    return Query(EVENTS, webhook.filters()).count_after(webhook.position, limit, held=True)
 
 
 def representation(webhook, secret=None):
