@@ -168,6 +168,8 @@ class Query:
             from routes.lists import ordering
             order = (ordering(self.source.model, sort) if self.source is LOGS
                      else [self.source.seq.desc()])   # events: newest first by number
+            if not conditions and self.source is LOGS:
+                query = query.from_(InstanceLog.read_in_order_of(sort))
             return query.order_by(*order).limit(
                 Slot("limit")).offset(Slot("offset"))
 

@@ -229,6 +229,9 @@ Instance.add_index(Instance.index(EnclosedNodeList([Instance.sort_key("status")]
 class InstanceLog(BaseModel):
     RANKED = {"level": LOG_LEVELS}
     ASSIGNED = frozenset({"seq"})
+    # The fleet's log sorted by severity (/api/logs?sort=level) reads this
+    # index in order, as the instance list does for status (read_in_order_of).
+    SORT_INDEXES = {"level": "instance_log_level_rank"}
 
     # The composite indexes below start with instance_id, so the foreign key
     # needs no index of its own (cascade deletes use them too).
@@ -350,6 +353,10 @@ LOG_TRIGGERS = {
         CREATE OR REPLACE TRIGGER instance_deleted AFTER DELETE ON instance
         REFERENCING OLD TABLE AS gone FOR EACH STATEMENT EXECUTE FUNCTION instance_deleted()"""],
 }
+
+
+InstanceLog.add_index(InstanceLog.index(EnclosedNodeList([InstanceLog.sort_key("level")]),
+                                        name="instance_log_level_rank"))
 
 
 def create_triggers():
