@@ -183,6 +183,8 @@ class WebhookCreatedSchema(WebhookSchema):
     secret = fields.String(dump_only=True, metadata={"description": (
         "whsec_ and the base64 key that signs deliveries: shown in this answer only.")})
 
+    EXAMPLE = {**WebhookSchema.EXAMPLE, "secret": "whsec_6GGTeeLeImFY7fblI/nuPowxuMwKYZwS"}
+
 
 class WebhookUpdateSchema(InputSchema, WebhookSchema):
     # 4.7: the server's fields of a webhook are ignored in a body, like id
@@ -207,6 +209,8 @@ class WebhookCreateSchema(WebhookUpdateSchema):
 
 class SecretSchema(Schema):
     secret = fields.String(metadata={"description": "The new secret, shown once."})
+
+    EXAMPLE = {"secret": "whsec_rsO4L5A/rS5nzv1AIc84U1ccExJNX5Jv"}
 
 
 class WebhookQuerySchema(ListQuerySchema):

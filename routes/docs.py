@@ -54,6 +54,9 @@ ERRORS = {
                         "(an array only where the route takes a batch)."),
     404: ("NotFound", "An id in the path is malformed or names nothing (a parent "
                       "instance included)."),
+    409: ("Conflict", "A limit is reached (INSTANCES_MAX_WEBHOOKS); nothing was written."),
+    410: ("Gone", "The cursor names a row that is no longer kept (deleted, or past "
+                  "retention): start again from a position or without `after`."),
     412: ("PreconditionFailed", "If-Match does not name the current ETag: the resource "
                                 "changed since it was read. Nothing was written."),
     413: ("ContentTooLarge", "The body is larger than the configured limit."),

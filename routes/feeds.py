@@ -27,7 +27,7 @@ events_blp = Blueprint("events", __name__, url_prefix="/api/events",
 class FleetLogs(MethodView):
     @logs_blp.arguments(FleetLogQuerySchema, location="query")
     @logs_blp.response(200, LogSchema(many=True))
-    @logs_blp.doc(responses={410: {"description": "`after` names a log that is gone."}})
+    @logs_blp.doc(responses={"410": "Gone"})
     def get(self, args):
         """List every instance's logs, newest first, or as committed after a cursor (and wait)."""
         return feed_response(LOGS, args, FLEET_LOGS)
@@ -37,7 +37,7 @@ class FleetLogs(MethodView):
 class Events(MethodView):
     @events_blp.arguments(EventQuerySchema, location="query")
     @events_blp.response(200, EventSchema(many=True))
-    @events_blp.doc(responses={410: {"description": "`after` is older than what is kept."}})
+    @events_blp.doc(responses={"410": "Gone"})
     def get(self, args):
         """List the fleet's changes, newest first, or as committed after a cursor (and wait)."""
         return feed_response(EVENTS, args, feeds.EVENTS)

@@ -38,7 +38,7 @@ class Webhooks(MethodView):
 
     @blp.arguments(WebhookCreateSchema)
     @blp.response(201, WebhookCreatedSchema)
-    @blp.doc(responses={409: {"description": "INSTANCES_MAX_WEBHOOKS reached."}})
+    @blp.doc(responses={"409": "Conflict"})
     def post(self, data):
         """Create a webhook; its secret is in this answer only."""
         most = current_app.config["MAX_WEBHOOKS"]
