@@ -137,7 +137,9 @@ class Delivery:
                 finally:
                     if not self.stopping.is_set():
                         self.release(webhook_id)
-                    db.release()
+                    # The thread ends: its SQLite connection is closed (kept,
+                    # it would stay open for good), a pooled one given back.
+                    db.close()
         except Exception:
             log.exception("Webhook %s: delivery failed; tried again at the next pass",
                           webhook_id)
