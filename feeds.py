@@ -32,7 +32,7 @@ Not here: the routes that read the feeds (routes/feeds.py), webhooks
 import re
 from typing import NamedTuple
 
-from peewee import Model, TextField
+from peewee import BigIntegerField, Model, TextField
 
 from storage import db
 from storage.engines import is_sqlite
@@ -293,27 +293,35 @@ def versions(log_counts):
     return read
 
 
+class FeedMark(Model):
+    """How far a purge has gone in a feed (the table is made by `create`)."""
+    name = TextField(primary_key=True)
+    xid = TextField()
+    seq = BigIntegerField()
+
+    class Meta:
+        database = db
+        table_name = "feed_mark"
+
+
+PURGED = "events_purged"
+
+
 def purged_through():
     """The Position of the last event the purge deleted, or None."""
-    found = db.execute_sql("SELECT xid, seq FROM feed_mark WHERE name = 'events_purged'").fetchone()
-    return None if found is None else Position(int(found[0]), int(found[1]))
+    mark = FeedMark.get_or_none(FeedMark.name == PURGED)
+    return None if mark is None else Position(int(mark.xid), mark.seq)
 
 
 def mark_purged(position):
-    """Record that the events up to `position` are gone (never moving back:
-    two purges may run at once)."""
+    """Record, in the purging transaction, that the events up to `position`
+    are gone; the mark never moves back."""
     known = purged_through()
-    if known is not None and tuple(known) >= tuple(position):
+    if known is not None and known >= position:
         return
-    if known is None:
-        db.execute_sql("INSERT INTO feed_mark (name, xid, seq) VALUES ('events_purged', %s, %s) "
-                       "ON CONFLICT (name) DO NOTHING".replace("%s", PARAM[is_sqlite()]),
-                       (str(position.xid), position.seq))
-    db.execute_sql("UPDATE feed_mark SET xid = %s, seq = %s WHERE name = 'events_purged'"
-                   .replace("%s", PARAM[is_sqlite()]), (str(position.xid), position.seq))
-
-
-PARAM = {True: "?", False: "%s"}
+    FeedMark.insert(name=PURGED, xid=str(position.xid), seq=position.seq).on_conflict(
+        conflict_target=[FeedMark.name],
+        update={FeedMark.xid: str(position.xid), FeedMark.seq: position.seq}).execute()
 
 
 def hold_back_age():
