@@ -6,6 +6,7 @@ receiver: test_fleet_servers.py."""
 import base64
 import hashlib
 import hmac
+import time
 
 import pytest
 
@@ -155,3 +156,37 @@ def test_signatures_are_hmac_sha256_of_id_timestamp_body_under_the_secret_key():
                                          hashlib.sha256).digest()).decode()
     assert header == f"v1,{expected}"
     assert len(signing.signature([secret, signing.new_secret()], "m", 1, body).split()) == 2
+
+
+# -- giving up (in-process passes of the delivery job) -------------------------------
+
+def test_after_the_give_up_time_an_event_is_counted_failed_and_the_next_is_tried(
+        app, client, make_instance):
+    from test_fleet_servers import Receiver
+    from webhooks import delivery
+
+    receiver = Receiver()
+    receiver.failing = True
+    app.config.update(WEBHOOK_GIVE_UP=0.3, WEBHOOK_RETRY_BASE=0.05)
+    try:
+        hook = client.post("/api/webhooks", json={"url": receiver.url}).get_json()
+        make_instance()
+        make_instance()
+        job, given_up = delivery.Delivery(app), delivery.outcomes().get("given_up", 0)
+        deadline = time.monotonic() + 20
+        state = {}
+        while time.monotonic() < deadline:
+            with app.app_context():
+                job.run_once()
+            state = client.get(f"/api/webhooks/{hook['id']}").get_json()
+            if state["failed"] == 2 and not job.serving:
+                break
+            time.sleep(0.05)
+        assert (state["failed"], state["pending"]) == (2, 0), state
+        assert (state["last_status"], state["last_error"]) == (500, "http 5xx")
+        assert delivery.outcomes()["given_up"] - given_up == 2
+        ids = [headers["webhook-id"] for headers, _, _ in receiver.received]
+        first, second = [e["id"] for e in client.get("/api/events?after=p0&wait=2").get_json()]
+        assert ids.index(second) > max(i for i, x in enumerate(ids) if x == first)
+    finally:
+        receiver.close()
