@@ -57,7 +57,7 @@ class Position(NamedTuple):
         return f"p{self.seq}" if not self.xid else f"p{self.xid}.{self.seq}"
 
 
-POSITION = re.compile(r"p(\d{1,20})(?:\.(\d{1,20}))?")
+POSITION = re.compile(r"p(\d{1,18})(?:\.(\d{1,18}))?")
 START = Position(0, 0)
 
 
@@ -67,8 +67,7 @@ def parse_position(text):
     if found is None:
         return None
     first, second = found.groups()
-    position = Position(0, int(first)) if second is None else Position(int(first), int(second))
-    return position if position.seq < 2**63 and position.xid < 2**63 else None
+    return Position(0, int(first)) if second is None else Position(int(first), int(second))
 
 
 class Event(Model):

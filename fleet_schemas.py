@@ -5,6 +5,7 @@ Kept apart from schemas.py (the resources of Parts 1 to 3) by size; the
 same habits hold: `<Noun>Schema` is the output, `<Noun>QuerySchema` a list's
 query, `<Noun>CreateSchema` / `<Noun>UpdateSchema` the bodies.
 """
+import re
 import uuid
 
 from marshmallow import (
@@ -13,13 +14,15 @@ from marshmallow import (
 from webargs.fields import DelimitedList
 
 from feeds import EVENT_TYPES, parse_position
-from labels import LabelSelectors, parse_selectors
+from labels import SELECTORS, LabelSelectors, parse_selectors
 from schema_fields import JSONObject, Moment, Text
 from schemas import (
     WAIT_MAX, InputSchema, ListQuerySchema, LogQuerySchema, Representation, Seconds,
 )
 
 MAX_IDS = 100
+UUID_PATTERN = "[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
+UUID_TEXT = re.compile(UUID_PATTERN)
 # The families `type` takes (`instance.*`), with their members.
 FAMILIES = {f"{family}.*": tuple(kind for kind in EVENT_TYPES if kind.startswith(f"{family}."))
             for family in ("instance", "plan")}
@@ -38,14 +41,14 @@ class Cursor(fields.String):
         position = parse_position(text)
         if position is not None:
             return position
-        try:
-            return uuid.UUID(text)
-        except ValueError:
-            raise self.make_error("invalid") from None
+        if not UUID_TEXT.fullmatch(text):
+            raise self.make_error("invalid")
+        return uuid.UUID(text)
 
 
 def cursor(noun):
-    return Cursor(metadata={"pattern": r"^(p\d+(\.\d+)?|[0-9A-Fa-f-]{32,36})$", "description": (
+    pattern = rf"^(p\d{{1,18}}(\.\d{{1,18}})?|{UUID_PATTERN})$"
+    return Cursor(metadata={"pattern": pattern, "description": (
         f"Where to start: the `after` of the previous page's next link (a position, which "
         f"stays valid when rows are deleted), `p0` for the oldest {noun} kept, or the id of "
         f"a {noun}. The list is then the {noun}s committed after it, oldest first; follow "
@@ -73,14 +76,17 @@ class FleetLogQuerySchema(LogQuerySchema):
     label = LabelSelectors()
 
 
+_TYPE_NAMES = "|".join(name.replace(".", r"\.").replace("*", r"\*")
+                       for name in (*EVENT_TYPES, *FAMILIES))
+TYPES_PATTERN = f"^({_TYPE_NAMES})(,({_TYPE_NAMES}))*$"
+
+
 class EventTypes(fields.String):
     """`type`: a comma list of event types or families (`instance.*`); loads
     as the list of types, sorted, without repeats."""
 
     def __init__(self, **kwargs):
-        names = "|".join(name.replace(".", r"\.").replace("*", r"\*")
-                         for name in (*EVENT_TYPES, *FAMILIES))
-        super().__init__(metadata={"pattern": f"^({names})(,({names}))*$", "description": (
+        super().__init__(metadata={"pattern": TYPES_PATTERN, "description": (
             f"A comma list of {', '.join(EVENT_TYPES)}; `instance.*` and `plan.*` stand for "
             "their family.")}, **kwargs)
 
@@ -140,21 +146,27 @@ class EventSchema(Representation):
 
 # -- webhooks -------------------------------------------------------------------------
 
+URL_PATTERN = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$"
+
+
 class WebhookUrl(fields.Url):
     def __init__(self, **kwargs):
         super().__init__(schemes={"http", "https"}, require_tld=False, validate=validate.Length(
-            max=2000), metadata={"description": "http or https only."}, **kwargs)
+            max=2000), metadata={"description": "http or https only.", "format": "uri",
+                                 "pattern": URL_PATTERN}, **kwargs)
 
 
 class WebhookSchema(Representation):
     id = fields.UUID(dump_only=True)
     url = WebhookUrl()
-    types = Text(allow_none=True, validate=parse_types, metadata={"description": (
-        "The event types delivered, as `type` on /api/events takes them (a comma list, "
-        "`instance.*` for a family); null for every type.")})
-    label = Text(allow_none=True, validate=parse_selectors, metadata={"description": (
-        "Label selectors the event's instance must hold, as `label` on /api/events; null "
-        "for every instance.")})
+    types = fields.String(allow_none=True, validate=parse_types, metadata={
+        "pattern": TYPES_PATTERN, "description": (
+            "The event types delivered, as `type` on /api/events takes them (a comma list, "
+            "`instance.*` for a family); null for every type.")})
+    label = fields.String(allow_none=True, validate=parse_selectors, metadata={
+        "pattern": SELECTORS, "description": (
+            "Label selectors the event's instance must hold, as `label` on /api/events; "
+            "null for every instance.")})
     description = Text(allow_none=True, validate=validate.Length(max=1000))
     active = fields.Boolean()
     created_at = Moment(dump_only=True)

@@ -197,6 +197,7 @@ def document(operation, method, has_ids, guarded):
         errors.add(412)
     if method == "post":
         parameters.append("IdempotencyKey")
+        errors.add(422)     # a malformed or reused Idempotency-Key, body or none
     if method == "post" and "201" in responses:
         responses["201"]["headers"].update(
             {"Location": "Location", "Idempotent-Replayed": "IdempotentReplayed"})

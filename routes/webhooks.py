@@ -11,7 +11,7 @@ from fleet_schemas import (
     WebhookSchema, WebhookUpdateSchema,
 )
 from routes.common import Blueprint, created, not_found
-from routes.lists import page_links
+from routes.lists import MAX_OFFSET, page_links
 from storage.engines import for_write, lock_key
 from storage.writes import write
 from webhooks import store
@@ -29,7 +29,7 @@ class Webhooks(MethodView):
         """List webhooks, newest first, with their delivery state."""
         total = Webhook.select().count()
         rows = (Webhook.select().order_by(Webhook.created_at.desc(), Webhook.id.desc())
-                .limit(args["limit"]).offset(args["offset"]))
+                .limit(args["limit"]).offset(min(args["offset"], MAX_OFFSET)))
         headers = {"X-Total-Count": str(total)}
         link = page_links(total, args["limit"], args["offset"])
         if link:
