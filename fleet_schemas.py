@@ -168,7 +168,8 @@ class WebhookSchema(Representation):
             "Label selectors the event's instance must hold, as `label` on /api/events; "
             "null for every instance.")})
     description = Text(allow_none=True, validate=validate.Length(max=1000))
-    active = fields.Boolean()
+    # JSON true or false only (marshmallow would also take 0, 1, "yes"...).
+    active = fields.Boolean(truthy={True}, falsy={False})
     created_at = Moment(dump_only=True)
     updated_at = Moment(dump_only=True)
     last_delivery_at = Moment(dump_only=True, allow_none=True)

@@ -49,6 +49,7 @@ def test_an_idempotent_create_replays_the_first_answer_secret_included(client):
     ({"url": "http://a.example/x", "types": "instance.moved"}, "types"),
     ({"url": "http://a.example/x", "label": "env==x"}, "label"),
     ({"url": "http://a.example/x", "active": "yes please"}, "active"),
+    ({"url": "http://a.example/x", "active": 0}, "active"),
     ({"url": "http://a.example/x", "nope": 1}, "nope"),
 ])
 def test_bad_bodies_are_422_naming_the_field(client, body, field):
