@@ -146,6 +146,15 @@ class EventSchema(Representation):
 
 # -- webhooks -------------------------------------------------------------------------
 
+class JSONBoolean(fields.Boolean):
+    """JSON true or false only: marshmallow would also take 0, 1, "yes"..."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if type(value) is not bool:
+            raise self.make_error("invalid")
+        return value
+
+
 URL_PATTERN = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$"
 
 
@@ -168,8 +177,7 @@ class WebhookSchema(Representation):
             "Label selectors the event's instance must hold, as `label` on /api/events; "
             "null for every instance.")})
     description = Text(allow_none=True, validate=validate.Length(max=1000))
-    # JSON true or false only (marshmallow would also take 0, 1, "yes"...).
-    active = fields.Boolean(truthy={True}, falsy={False})
+    active = JSONBoolean()
     created_at = Moment(dump_only=True)
     updated_at = Moment(dump_only=True)
     last_delivery_at = Moment(dump_only=True, allow_none=True)
