@@ -15,7 +15,7 @@ from webargs.fields import DelimitedList
 
 from feeds import EVENT_TYPES, parse_position
 from labels import SELECTORS, LabelSelectors, parse_selectors
-from schema_fields import JSONObject, Moment, Text
+from schema_fields import JSONObject, Moment, Pattern, Text
 from schemas import (
     WAIT_MAX, InputSchema, ListQuerySchema, LogQuerySchema, Representation, Seconds,
 )
@@ -158,11 +158,12 @@ class JSONBoolean(fields.Boolean):
 URL_PATTERN = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$"
 
 
-class WebhookUrl(fields.Url):
-    def __init__(self, **kwargs):
-        super().__init__(schemes={"http", "https"}, require_tld=False, validate=validate.Length(
-            max=2000), metadata={"description": "http or https only.", "format": "uri",
-                                 "pattern": URL_PATTERN}, **kwargs)
+def WebhookUrl(**kwargs):
+    """An http or https URL: a host name or address, an optional port and
+    path (no user, query or fragment), checked by the pattern it publishes."""
+    return fields.String(validate=[validate.Length(max=2000), Pattern(
+        URL_PATTERN, error="Not an http or https URL (scheme://host[:port][/path]).")],
+        metadata={"format": "uri", "description": "http or https only."}, **kwargs)
 
 
 class WebhookSchema(Representation):
