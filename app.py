@@ -76,6 +76,19 @@ DEFAULTS = {
     "ALLOW_OPEN_NETWORK": False,
     # GET /metrics and the recording behind it (docs/metrics.md).
     "METRICS": True,
+    # The fleet's feeds and webhooks (feeds.py, webhooks/): how long events
+    # are kept (a duration: 90s, 30m, 12h, 7d), how often the purge and the
+    # delivery pass run (seconds), the first retry delay (doubling up to an
+    # hour), how long an event is retried before it is given up, the CIDRs
+    # webhook targets must be in (empty: any but link-local and
+    # unspecified), and how many webhooks there may be.
+    "EVENT_RETENTION": "7d",
+    "EVENT_PURGE_INTERVAL": 60.0,
+    "WEBHOOK_POLL_INTERVAL": 1.0,
+    "WEBHOOK_RETRY_BASE": 1.0,
+    "WEBHOOK_GIVE_UP": "24h",
+    "WEBHOOK_ALLOW": "",
+    "MAX_WEBHOOKS": 100,
     "API_TITLE": "Instance Management API",
     "API_VERSION": "1.0.0",
     "OPENAPI_VERSION": "3.1.0",
@@ -338,23 +351,36 @@ def waits(value):
 waits.__name__ = "count of waits (0 or more)"
 
 
-DURATION = re.compile(r"([0-9]+)([smhd])")
+DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhd]?)")
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def duration(value):
-    """A retention: `90s`, `30m`, `12h`, `7d` (a timedelta), or nothing
-    (None or empty) for off."""
-    text = "" if value is None else str(value).strip()
+    """A duration: `90s`, `30m`, `12h`, `7d` or a number of seconds (a
+    timedelta), or nothing (None or empty) for off."""
+    if isinstance(value, timedelta):
+        return value
+    text = "" if value is None else str(value).strip().lower()
     if not text:
         return None
     found = DURATION.fullmatch(text)
-    if found is None or int(found[1]) == 0:
+    if found is None or float(found[1]) == 0:
         raise ValueError(value)
-    return timedelta(seconds=int(found[1]) * DURATION_UNITS[found[2]])
+    return timedelta(seconds=float(found[1]) * DURATION_UNITS.get(found[2], 1))
 
 
 duration.__name__ = "duration (like 90s, 30m, 12h or 7d; empty for off)"
+
+
+def required(kind):
+    """`kind`, where nothing (off) is not a value."""
+    def convert(value):
+        converted = kind(value)
+        if converted is None:
+            raise ValueError(value)
+        return converted
+    convert.__name__ = kind.__name__.split(";")[0].rstrip(")") + ")"
+    return convert
 
 
 def optional_count(value):
@@ -368,6 +394,15 @@ def optional_count(value):
 
 
 optional_count.__name__ = "count (1 or more; empty for off)"
+
+
+def cidrs(value):
+    from webhooks.targets import parse_allow
+    parse_allow(str(value))
+    return str(value)
+
+
+cidrs.__name__ = "comma list of CIDRs"
 
 
 def positive(kind):
@@ -391,6 +426,9 @@ SETTING_TYPES = {
     "LIFECYCLE_INTERVAL": positive(float), "PURGE_INTERVAL": positive(float),
     "LOG_RETENTION": duration, "LOG_MAX_PER_INSTANCE": optional_count,
     "ENDED_RETENTION": duration,
+    "EVENT_RETENTION": required(duration), "EVENT_PURGE_INTERVAL": positive(float),
+    "WEBHOOK_POLL_INTERVAL": positive(float), "WEBHOOK_RETRY_BASE": positive(float),
+    "WEBHOOK_GIVE_UP": required(duration), "WEBHOOK_ALLOW": cidrs, "MAX_WEBHOOKS": count,
 }
 SECRET = ("API_TOKENS", "DATABASE_URL")  # may hold secrets: never repeated in a message
 

@@ -12,6 +12,7 @@ import orjson
 from peewee import SQL, fn
 from playhouse.migrate import SchemaMigrator, migrate
 
+import feeds
 import search
 from models import (
     MODELS, Instance, InstanceLog, InstancePlan, SchemaVersion, create_triggers, recount_logs,
@@ -24,7 +25,7 @@ log = logging.getLogger("instance_api")
 
 # Files written by the first release have the tables but no schema_version.
 FIRST_VERSION = 1
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 
 class SchemaTooNew(Exception):
@@ -157,6 +158,15 @@ def _count_instances(migrator):
     counters.fill()
 
 
+def _fleet_feeds(migrator):
+    """logs numbered fleet-wide, the event table"""
+    # Version 11: each log's place in the
+    # fleet's log (feeds.py), numbered in rowid order for the logs already
+    # there on SQLite, by the new columns' defaults on PostgreSQL. The rest
+    # (event table, triggers, indexes) is made by feeds.create below.
+    feeds.add_log_positions()
+
+
 # Instances whose logs one UPDATE numbers: bounded work per statement, and a
 # progress line between statements on a big table.
 NUMBERING_CHUNK = 1000
@@ -190,7 +200,7 @@ def number_logs(chunk=NUMBERING_CHUNK):
 # indexes, version 5's log counting trigger).
 MIGRATIONS = {2: _add_plan_tree_and_times, 3: _count_logs_per_instance, 4: _canonical_json,
               6: _canonical_uuids, 7: _labels_and_search, 8: _sequence_logs,
-              9: _lifecycle, 10: _count_instances}
+              9: _lifecycle, 10: _count_instances, 11: _fleet_feeds}
 
 
 def create_tables():
@@ -219,11 +229,20 @@ def create_tables():
                              MIGRATIONS[step].__doc__)
                     MIGRATIONS[step](migrator)
             db.create_tables(MODELS, safe=True)
+            db.create_tables(webhook_models(), safe=True)
+            feeds.create()
             create_triggers()
             counters.create()
             search.create_indexes()
             SchemaVersion.delete().execute()
             SchemaVersion.create(version=SCHEMA_VERSION)
+
+
+def webhook_models():
+    # Imported here: webhooks.store reads the feeds through the routes'
+    # list machinery, which imports the models this module migrates.
+    from webhooks.store import Webhook
+    return [Webhook]
 
 
 def checked(version):

@@ -16,6 +16,7 @@ from peewee import (
     TextField, fn,
 )
 
+import feeds
 from storage import db
 from storage.engines import (
     SQLITE_PLUS_SECONDS, for_write, is_sqlite, log_watcher, plus_seconds,
@@ -337,6 +338,9 @@ def idle_deadline(status, idle_timeout_s, last_activity_at):
 class InstanceLog(BaseModel):
     RANKED = {"level": LOG_LEVELS}
     ASSIGNED = frozenset({"seq"})
+    # The fleet's log sorted by severity (/api/logs?sort=level) reads this
+    # index in order, as the instance list does for status (read_in_order_of).
+    SORT_INDEXES = {"level": "instance_log_level_rank"}
 
     # The composite indexes below start with instance_id, so the foreign key
     # needs no index of its own (cascade deletes use them too).
@@ -413,6 +417,9 @@ class InstanceLog(BaseModel):
 #   (LOG_CHANNEL) wakes its live tails in every process when the transaction
 #   commits (storage.tail); a deleted instance notifies too. SQLite's
 #   watcher polls instead.
+# - each log's fleet_seq, its place in the fleet's log (feeds.py): on
+#   SQLite the next value of the one-row counter, in the same UPDATE as seq;
+#   on PostgreSQL column defaults (a sequence and the transaction's id).
 # SQLite triggers run per row, so the number is the new log_count. On
 # PostgreSQL the count is updated once per statement, over the inserted rows,
 # after them; the number is taken per row, before it is written: the first
@@ -448,8 +455,10 @@ LOG_TRIGGERS = {
             UPDATE instance SET log_count = log_count + 1, log_seq = log_seq + 1,
                 {SQLITE_ACTIVITY}
             WHERE id = NEW.instance_id;
+            UPDATE feed_counter SET value = value + 1 WHERE id = 1;
             UPDATE instance_log
-            SET seq = (SELECT log_seq FROM instance WHERE id = NEW.instance_id)
+            SET seq = (SELECT log_seq FROM instance WHERE id = NEW.instance_id),
+                fleet_seq = (SELECT value FROM feed_counter WHERE id = 1)
             WHERE rowid = NEW.rowid;
         END"""],
     "postgresql": ["""
@@ -503,6 +512,10 @@ LOG_TRIGGERS = {
 }
 
 
+InstanceLog.add_index(InstanceLog.index(EnclosedNodeList([InstanceLog.sort_key("level")]),
+                                        name="instance_log_level_rank"))
+
+
 def create_triggers():
     for statement in LOG_TRIGGERS["sqlite" if is_sqlite() else "postgresql"]:
         db.execute_sql(statement)
@@ -512,7 +525,7 @@ def follow_logs(max_waits):
     """Let up to `max_waits` requests of this process wait for an
     instance's next log (storage.tail), woken by the logs of every process."""
     db.tail.configure(max_waits, log_watcher(
-        Instance.log_counts, LOG_CHANNEL.format(schema="current_schema()")))
+        feeds.versions(Instance.log_counts), LOG_CHANNEL.format(schema="current_schema()")))
 
 
 class InstancePlan(EditableModel):

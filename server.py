@@ -26,6 +26,7 @@ from waitress.task import ErrorTask
 import logtail
 import metrics
 from app import DEFAULTS, PROBLEM_TYPE, create_app, openapi_document, shown_database
+from jobs.event_purge import EventPurge
 from jobs.purge import Purge, purge_command
 from jobs.reaper import Reaper
 from jobs.runner import Runner
@@ -33,6 +34,7 @@ from loglines import configure_logging
 from storage import db
 from storage.backup import BackupFailed
 from storage.backup import backup as backup_file
+from webhooks.delivery import Delivery
 from workers import STARTUP_ERRORS, bind, prefork, worker_count
 
 log = logging.getLogger("instance_api")
@@ -244,8 +246,9 @@ def run(server, cfg, app, stopping=None):
     checkpoints = threading.Thread(target=checkpoint_every, daemon=True,
                                    args=(cfg["CHECKPOINT_INTERVAL"], stopping))
     checkpoints.start()
-    # Started here, in each worker: threads do not survive the fork.
-    jobs = Runner(app, [Reaper.from_config(cfg), Purge.from_config(cfg)]).start()
+    # The background jobs of this process (after a fork: threads do not
+    # survive one), stopped before the database closes.
+    jobs = background(app).start()
     try:
         while not stopping.is_set():
             wasyncore.loop(timeout=STOP_CHECK_INTERVAL, map=server._map, use_poll=True,
@@ -265,6 +268,13 @@ def run(server, cfg, app, stopping=None):
         db.close_all()
     log.info("Stopped")
     return 0
+
+
+def background(app):
+    """The jobs every process of the server runs (jobs/)."""
+    cfg = app.config
+    return Runner(app, [Reaper.from_config(cfg), Purge.from_config(cfg), EventPurge(app),
+                        Delivery(app)])
 
 
 def refuse_open_network(cfg):

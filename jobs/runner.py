@@ -55,6 +55,10 @@ class Runner:
     def stop(self, timeout=5.0):
         """Ask every job to stop and wait up to `timeout` seconds in all."""
         self.stopping.set()
+        for job in self.jobs:
+            # A job with work in threads of its own (webhook delivery) is told too.
+            if hasattr(job, "stop"):
+                job.stop()
         deadline = time.monotonic() + timeout
         for thread in self.threads:
             thread.join(max(0.0, deadline - time.monotonic()))

@@ -1,4 +1,5 @@
 """One blueprint per resource; `common` holds what they share."""
-from routes import health, instances, logs, plans
+from routes import feeds, health, instances, logs, plans, webhooks
 
-BLUEPRINTS = (instances.blp, logs.blp, plans.blp, health.blp)
+BLUEPRINTS = (instances.blp, logs.blp, plans.blp, feeds.logs_blp, feeds.events_blp,
+              webhooks.blp, health.blp)

@@ -55,10 +55,12 @@ ERRORS = {
                         "(an array only where the route takes a batch)."),
     404: ("NotFound", "An id in the path is malformed or names nothing (a parent "
                       "instance included)."),
-    409: ("Conflict", "A heartbeat for an instance that has ended: `instance_status` and "
-                      "`status_reason` say how. Nothing changed."),
-    410: ("Gone", "The `after` cursor names a log that the retention settings deleted: "
-                  "start again without `after`."),
+    409: ("Conflict", "The resource's state refuses the request, and nothing changed: a "
+                      "heartbeat for an instance that has ended (`instance_status` and "
+                      "`status_reason` say how), or one webhook past INSTANCES_MAX_WEBHOOKS."),
+    410: ("Gone", "The `after` cursor names a row that is no longer kept (deleted with its "
+                  "instance, purged by retention): start again from a position or without "
+                  "`after`."),
     412: ("PreconditionFailed", "If-Match does not name the current ETag: the resource "
                                 "changed since it was read. Nothing was written."),
     413: ("ContentTooLarge", "The body is larger than the configured limit."),
@@ -199,7 +201,8 @@ def document(operation, method, has_ids, guarded):
         errors.add(412)
     if method == "post":
         parameters.append("IdempotencyKey")
-        success = responses.get("201") or responses["204"]
+        errors.add(422)     # a malformed or reused Idempotency-Key, body or none
+        success = next(responses[code] for code in ("201", "200", "204") if code in responses)
         success.setdefault("headers", {}).update({"Idempotent-Replayed": "IdempotentReplayed"})
         if "201" in responses:
             success["headers"]["Location"] = "Location"

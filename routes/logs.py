@@ -54,22 +54,30 @@ class InstanceLogById(MethodView):
         return get_or_404(InstanceLog, log_id, instance_id)
 
 
-def held(page, instance_id, seconds):
-    """`page()`, read again each time the instance changes while it is empty,
-    until the wait of `seconds` is over (storage.tail). A page read at the
-    deadline, or when the server stops, is the answer whatever it holds;
-    `page()` itself answers 404 once the instance is deleted."""
-    with db.tail.waiting(instance_id, seconds) as wait:
+# How soon a fleet feed's reader looks again while rows past its cursor
+# are held back (feed_reads.Query.held_back): their transaction may have
+# committed without a notification (one that wrote no log or event).
+HELD_BACK_RECHECK = 0.05
+
+
+def held(page, key, seconds, pending=None):
+    """`page()`, read again each time the instance `key` changes while it is
+    empty (or the fleet feed `key`: storage.tail), until the wait of `seconds`
+    is over. A page read at the deadline, or when the server stops, is the
+    answer whatever it holds; `page()` itself answers 404 once the instance
+    is deleted. While `pending()` says rows are held back, it reads again
+    within HELD_BACK_RECHECK seconds even without a touch."""
+    with db.tail.waiting(key, seconds) as wait:
         if wait is None:    # past the bound, or stopping: as if wait=0
             return page()
         metrics.waiting(request.environ)
         try:
-            return waited(page, wait)
+            return waited(page, wait, pending)
         finally:
             metrics.waited()
 
 
-def waited(page, wait):
+def waited(page, wait, pending=None):
     """The reads of a wait that was admitted (see held)."""
     while True:
         seen = wait.version
@@ -78,5 +86,6 @@ def waited(page, wait):
             return rows, headers
         # Asleep with no connection: no pool slot taken (PostgreSQL), no
         # transaction left open on this thread's connection (SQLite).
+        soon = pending is not None and pending()
         db.release()
-        wait.sleep(seen)
+        wait.sleep(seen, at_most=HELD_BACK_RECHECK if soon else None)

@@ -62,9 +62,10 @@ def home():
 
 
 @blp.get("/ui/")
+@blp.get("/ui/activity")
 @blp.get("/ui/instances/<uuid:instance_id>")
 def shell(instance_id=None):
-    # One shell for both views: the script picks the view from the URL.
+    # One shell for every view: the script picks the view from the URL.
     return page_file("dashboard.html")
 
 

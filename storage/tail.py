@@ -20,6 +20,11 @@ condition, holding no database connection. Three things wake it:
   the instance's id;
 - the deadline, or the server stopping (`shutdown`).
 
+The fleet's feeds (routes/feeds.py) wait the same way under keys of their
+own: FLEET_LOGS, touched by every instance's touch, and the event feed's,
+touched by the watcher (a NOTIFY of that key; on SQLite, the feeds' last
+numbers read as their versions, feeds.versions).
+
 A wake only means "read again": the waiter reads its page again (a log that
 does not match its filters leaves it empty) and sleeps on if it is. So
 waiting costs no query per waiter while nothing happens, and one per waiter
@@ -47,6 +52,9 @@ READY_TIMEOUT = 5.0
 # How often a watcher that lost its database tries again.
 RETRY_INTERVAL = 1.0
 UNKNOWN = object()
+# The key that the fleet's log waits on (feeds.py, routes/feeds.py): every
+# instance's new log touches it too. Keys of the fleet's feeds start with "*".
+FLEET_LOGS = "*logs"
 
 
 class Followed:
@@ -129,12 +137,15 @@ class Tail:
             return list(self.followed)
 
     def touched(self, key):
-        """Instance `key` has a new log, or is gone: its waiters read again."""
+        """Instance `key` has a new log, or is gone: its waiters read again,
+        and so do the fleet log's (FLEET_LOGS). A key of the fleet's feeds
+        (starting with "*") wakes its own waiters only."""
         with self.lock:
-            followed = self.followed.get(key)
-            if followed is not None:
-                followed.version += 1
-                followed.changed.notify_all()
+            for touched in (key,) if key.startswith("*") else (key, FLEET_LOGS):
+                followed = self.followed.get(touched)
+                if followed is not None:
+                    followed.version += 1
+                    followed.changed.notify_all()
 
     def touch_all(self):
         """Every waiter reads again (the watcher may have missed changes)."""
@@ -196,12 +207,14 @@ class Wait:
     def over(self):
         return self.tail.stopping or time.monotonic() >= self.deadline
 
-    def sleep(self, seen):
+    def sleep(self, seen, at_most=None):
         """Until the instance is touched after `seen`, the deadline, or
-        shutdown."""
+        shutdown; or `at_most` seconds (a reader that must look again soon)."""
+        deadline = self.deadline if at_most is None else min(
+            self.deadline, time.monotonic() + at_most)
         with self.tail.lock:
             while self.followed.version == seen and not self.tail.stopping:
-                remaining = self.deadline - time.monotonic()
+                remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return
                 self.followed.changed.wait(remaining)

@@ -410,6 +410,9 @@ def undo_version_7():
     label and search tables and triggers (SQLite), the trigram index
     (PostgreSQL), and the `labels` column with its index."""
     if models.is_sqlite():
+        # The event triggers of version 10 read the column; remade on migrating.
+        for trigger in EVENT_TRIGGERS:
+            models.db.execute_sql(f"DROP TRIGGER IF EXISTS {trigger}")
         for trigger in ("instance_labels_added", "instance_labels_changed",
                         "instance_labels_removed", "instance_label_counted",
                         "instance_label_uncounted", "instance_search_added",
@@ -421,6 +424,24 @@ def undo_version_7():
     else:
         models.db.execute_sql("DROP INDEX IF EXISTS instance_name_trigrams")
     models.db.execute_sql("ALTER TABLE instance DROP COLUMN labels")   # and its GIN index
+
+
+EVENT_TRIGGERS = ("event_instance_created", "event_instance_updated", "event_instance_deleted",
+                  "event_plan_created", "event_plan_updated", "event_plan_deleted")
+
+
+def undo_fleet_feeds():
+    """PostgreSQL: take the open database back to before schema version 10
+    (feeds.py): no event table or triggers, no fleet positions of logs."""
+    db = models.db
+    for name in EVENT_TRIGGERS:
+        table = "instance" if name.startswith("event_instance") else "instance_plan"
+        db.execute_sql(f"DROP TRIGGER {name} ON {table}")
+        db.execute_sql(f"DROP FUNCTION {name}")
+    db.execute_sql("DROP TABLE event, feed_mark")
+    db.execute_sql("DROP FUNCTION event_notified")
+    db.execute_sql("ALTER TABLE instance_log DROP COLUMN fleet_seq, DROP COLUMN fleet_xid")
+    db.execute_sql("DROP SEQUENCE instance_log_fleet_seq")
 
 
 def undo_log_sequence(counting=True):

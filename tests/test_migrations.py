@@ -15,7 +15,7 @@ import search
 from app import create_app
 from conftest import (
     POSTGRES_URL, ROOT, SITE, USER, Server, call, close_connections, database_for,
-    undo_lifecycle, undo_log_sequence, undo_version_7,
+    undo_fleet_feeds, undo_lifecycle, undo_log_sequence, undo_version_7,
 )
 
 BOX = {"site_id": SITE, "user_id": USER, "name": "box"}
@@ -28,7 +28,9 @@ STEPS = ["Migrating the database to schema version 7: labels, the label and sear
          "Migrating the database to schema version 9: instances' activity, deadlines and end "
          "reason; log_seq",
          "Migrating the database to schema version 10: instances counted by status and type "
-         "(instance_count)"]
+         "(instance_count)",
+         "Migrating the database to schema version 11: logs numbered fleet-wide, the event "
+         "table"]
 
 
 def other_id(row_id, kind):
@@ -40,7 +42,8 @@ def version_6(path):
     """A database of schema version 6 holding OLD (each with a log and a
     plan), on the suite's engine: on SQLite, the tables version 6 created
     (tests/data/schema_v6.sql); on PostgreSQL, today's without what versions
-    7 (the column and its two indexes) and 8 (the logs' seq) added."""
+    7 (the column and its two indexes), 8 (the logs' seq) and 10 (the fleet
+    feeds) added."""
     settings = database_for(path)
     if not POSTGRES_URL:
         with sqlite3.connect(path) as conn:
@@ -63,6 +66,7 @@ def version_6(path):
     close_connections()
     create_app(settings)
     with models.db.atomic():
+        undo_fleet_feeds()
         for row_id, name, status in OLD:
             models.db.execute_sql(
                 "INSERT INTO instance (id, created_at, updated_at, last_activity_at, site_id, "
@@ -118,6 +122,13 @@ def test_a_version_6_database_migrates_keeping_its_rows_and_indexing_them(tmp_pa
         assert names(client, "label=!env&status=running") == ["gpu-worker"]
         assert client.get("/api/instances/counts?by=label:env").get_json() == {
             "total": 3, "by": {"label:env": {"prod": 1}}}
+        # Version 10: the old logs have fleet positions, new ones follow them,
+        # and a change is an event.
+        client.post(f"/api/instances/{old}/logs", json={"log_type": "new", "message": "x"})
+        fleet = client.get("/api/logs?after=p0")
+        assert [log["log_type"] for log in fleet.get_json()] == ["system"] * 3 + ["new"]
+        assert [event["type"] for event in client.get("/api/events?after=p0").get_json()] == [
+            "instance.updated"]
         with models.db.connection_context():
             assert migrations.stored_version() == migrations.SCHEMA_VERSION
             if not models.is_sqlite():

@@ -410,11 +410,98 @@ function logSection(id, minLevel) {
     box, state);
 }
 
+// -- the fleet's activity (4.3, 4.4) ----------------------------------------------
+
+// The fleet's live error stream and its recent changes, each linking to its
+// instance. Filters in the URL under the API's names: min_level (error by
+// default), site_id and label for both, type for the events.
+async function showActivity(params) {
+  document.title = "Activity";
+  const shared = new URLSearchParams();
+  for (const name of ["site_id", "label"]) if (params.get(name)) shared.set(name, params.get(name));
+  const logQuery = new URLSearchParams(shared);
+  logQuery.set("min_level", params.get("min_level") || "error");
+  const eventQuery = new URLSearchParams(shared);
+  if (params.get("type")) eventQuery.set("type", params.get("type"));
+  const form = activityForm(params);
+  main.replaceChildren(el("h1", {}, "Activity"), form,
+    feedSection("Errors", "/api/logs", logQuery, (log) => [
+      when(log.created_at, true), " ", el("span", {class: "level"}, log.level), " ",
+      el("a", {href: `/ui/instances/${log.instance_id}`}, shortId(log.instance_id)), " ",
+      el("span", {class: "type"}, log.log_type), " ", el("span", {class: "message"}, log.message)],
+    (log) => `log level-${log.level}`),
+    feedSection("Events", "/api/events", eventQuery, (event) => [
+      when(event.at, true), " ", el("span", {class: "type"}, event.type), " ",
+      el("a", {href: `/ui/instances/${event.instance_id}`}, shortId(event.instance_id)), " ",
+      el("span", {class: "message"}, event.data?.name || event.data?.title || ""),
+      event.data?.status ? [" ", badge(event.data.status)] : null],
+    () => "event"));
+}
+
+function activityForm(params) {
+  const field = (name, label, value) => el("label", {}, `${label} `,
+    el("input", {name, value: value || "", size: 24}));
+  const level = el("select", {name: "min_level"},
+    LEVELS.map((name) => el("option", {value: name,
+      selected: name === (params.get("min_level") || "error")}, `${name}+`)));
+  return el("form", {class: "filters", method: "get", action: "/ui/activity"},
+    el("label", {}, "Logs from ", level), " ", field("site_id", "Site", params.get("site_id")),
+    " ", field("label", "Label", params.get("label")), " ",
+    field("type", "Event types", params.get("type")), " ",
+    el("button", {type: "submit"}, "Filter"));
+}
+
+// A feed, newest at the top: the last page, then what follows its newest
+// row, held by the server until something new is committed (wait).
+function feedSection(heading, base, query, cells, className) {
+  const list = el("ol", {class: "log-lines feed"});
+  const state = el("p", {class: "tail-state muted"}, "Loading…");
+  const seen = new Set();
+  const show = (rows) => list.prepend(...rows.filter((row) => !seen.has(row.id) && seen.add(row.id))
+    .map((row) => el("li", {class: className(row)}, cells(row))));
+  const nextAfter = (headers) => new URLSearchParams(
+    (headers.get("Link") || "").match(/<[^?]*\?([^>]*)>/)?.[1] || "").get("after");
+
+  async function follow() {
+    const {body} = await api(`${base}?limit=50&${query}`);
+    show([...body].reverse());
+    // The cursor starts at the newest row of the whole feed (unfiltered):
+    // a filtered page may have none, and p0 would read the feed from its start.
+    const {body: newest} = await api(`${base}?limit=1`);
+    let cursor = newest[0]?.id || "p0", delay = 0;
+    for (;;) {
+      state.textContent = "Live: new entries appear at the top.";
+      try {
+        const asked = Date.now();
+        const {body: rows, headers} = await api(
+          `${base}?after=${cursor}&wait=${WAIT}&limit=200&${query}`);
+        show(rows);
+        cursor = nextAfter(headers) || cursor;
+        if (!rows.length && Date.now() - asked < 1000) await sleep(1000);
+        delay = 0;
+      } catch (error) {
+        if (error instanceof Problem && !(error.status >= 500)) throw error;
+        delay = Math.min(delay ? delay * 2 : 1000, 15000);
+        state.textContent = `Lost the server; trying again in ${delay / 1000} s.`;
+        await sleep(delay);
+      }
+    }
+  }
+  follow().catch((error) => {
+    state.textContent = "Not following.";
+    if (!(error instanceof Problem)) notice(`The ${heading.toLowerCase()} stopped: ${error.message}`);
+  });
+  return el("section", {class: "logs"}, el("h2", {}, heading), el("div", {class: "log-box"}, list),
+    state);
+}
+
 // -- start -------------------------------------------------------------------
 
 const match = location.pathname.match(/^\/ui\/instances\/([^/]+)$/);
 const params = new URLSearchParams(location.search);
-(match ? showInstance(match[1], params) : showInstances(params)).catch((error) => {
+const view = match ? showInstance(match[1], params)
+  : location.pathname === "/ui/activity" ? showActivity(params) : showInstances(params);
+view.catch((error) => {
   if (!(error instanceof Problem)) notice(`The server cannot be reached: ${error.message}`);
   if (error instanceof TokenNeeded) return;
   // The message says what went wrong; the page stops saying it is loading.

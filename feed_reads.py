@@ -1,0 +1,236 @@
+"""Reading the fleet's feeds (feeds.py): a page of logs or events, newest
+first with offsets, or in commit order after a position, with their count
+(exact up to COUNT_LIMIT) and whether rows past the position are still held
+back (PostgreSQL: written by a transaction older than one still open).
+
+Not here: the routes (routes/feeds.py), the positions themselves (feeds.py),
+the instance-scoped lists (routes/lists.py), whose filter machinery this
+reuses.
+"""
+import orjson
+from peewee import SQL, Cast, Column, Expression, Tuple, fn
+
+import search
+from feeds import Event, Position
+from labels import DIFFERS, EQUALS, HAS, POSITIVE
+from models import Instance, InstanceLog
+from storage import db
+from storage.engines import is_sqlite
+from storage.fields import ObjectField, UTCDateTimeField, rfc3339
+from storage.reads import Slot, bind, compiled, run
+
+# X-Total-Count is exact up to this many rows, and left out beyond.
+COUNT_LIMIT = 10_000
+
+
+class Source:
+    """A feed's table: its model, the columns of a row's position, and
+    which of a list's arguments filter the row itself (the rest filter its
+    instance, through `instance_filters`)."""
+
+    def __init__(self, model, xid, seq, own):
+        self.model, self.own = model, own
+        self.xid, self.seq = Column(model, xid), Column(model, seq)
+
+    def position_text(self):
+        """SQL: a row's position as text, `<seq>` or `<xid>.<seq>`."""
+        if is_sqlite():
+            return Cast(self.seq, "TEXT")
+        return fn.CONCAT(Cast(self.xid, "text"), SQL("'.'"), self.seq)
+
+    def after(self):
+        """Rows after the bound position, and on PostgreSQL written by a
+        transaction older than every one still open (feeds.py)."""
+        if is_sqlite():
+            return [self.seq > Slot("seq")]
+        return [Tuple(self.xid, self.seq) > Tuple(Cast(Slot("xid", str), "xid8"), Slot("seq")),
+                self.xid < fn.pg_snapshot_xmin(fn.pg_current_snapshot())]
+
+    def order(self):
+        return [self.seq] if is_sqlite() else [self.xid, self.seq]
+
+
+LOGS = Source(InstanceLog, "fleet_xid", "fleet_seq",
+              own=("level", "min_level", "log_type", "since", "until", "instance_id"))
+EVENTS = Source(Event, "xid", "position", own=("type", "instance_id", "site_id", "label"))
+
+
+def position_of(source, row_id):
+    """The Position of the row `row_id`, or None when there is none."""
+    found = run(("position of", source.model), lambda: source.model.select(
+        source.position_text()).where(source.model.id == Slot("id")), {"id": row_id}).fetchone()
+    return None if found is None else parse_text(found[0])
+
+
+def parse_text(text):
+    xid, _, seq = text.rpartition(".")
+    return Position(int(xid or 0), int(seq))
+
+
+def event_label_condition(op, slots):
+    """An event's labels (as the instance's were) hold one selector."""
+    if is_sqlite():
+        value = Expression(Event.labels, "->>", slots[0])
+        if op == EQUALS:
+            return value == slots[1]
+        if op == DIFFERS:
+            return Expression(value, "IS NOT", slots[1])
+        return value.is_null(op != HAS)
+    if op in (EQUALS, DIFFERS):
+        holds = Expression(Event.labels, "@>", Cast(slots[0], "jsonb"))
+    else:
+        holds = Expression(Event.labels, "?", slots[0])
+    return holds if op in POSITIVE else ~holds
+
+
+class Query:
+    """One request's page of a feed: its filters bound, ready to read."""
+
+    def __init__(self, source, args):
+        # Imported here: the routes package imports this module (routes/feeds.py),
+        # and a job importing this one first would otherwise go round in a circle.
+        from routes.lists import Filtering
+
+        self.source = source
+        model = source.model
+        own = {name: value for name, value in args.items() if name in source.own}
+        labels = own.pop("label", None) if model is Event else None
+        self.rows = Filtering(model, own)
+        self.values = dict(self.rows.values)
+        shape = [self.rows.shape]
+        self.extra = []
+        if labels:
+            for index, selector in enumerate(labels):
+                keys = [(index, position) for position in
+                        range(len(search.selector_values(selector)))]
+                self.values.update(zip(keys, search.selector_values(selector)))
+                self.extra.append(event_label_condition(
+                    selector.op, [Slot(key, lambda value: value) for key in keys]))
+            shape.append(("event labels", tuple(s.op for s in labels)))
+        others = {name: args[name] for name in ("site_id", "label")
+                  if name in args and name not in source.own}
+        self.instances = Filtering(Instance, others) if others else None
+        if self.instances is not None:
+            self.values.update(self.instances.values)
+            shape.append(self.instances.shape)
+        self.shape = tuple(shape)
+
+    def conditions(self):
+        found = self.rows.conditions() + self.extra
+        if self.instances is not None:
+            # Through the label index when a selector says what to have
+            # (search.selector_condition), the instance's filter indexes else.
+            labels = dict((name, form) for name, form, _ in self.instances.forms).get("label")
+            drive = next((index for index, (op, _) in enumerate(labels or ())
+                          if op in POSITIVE), None)
+            found.append(self.source.model.instance.in_(
+                self.instances.where(Instance.select(Instance.id), drive)))
+        return found
+
+    def select(self):
+        model = self.source.model
+        return model.select(*model._meta.sorted_fields, self.source.position_text())
+
+    def count(self):
+        """The number of matching rows, or None beyond COUNT_LIMIT."""
+        def build():
+            conditions = self.conditions()
+            inner = self.source.model.select(SQL("1"))
+            inner = (inner.where(*conditions) if conditions else inner).limit(COUNT_LIMIT + 1)
+            sql, params = inner.sql()
+            return f"SELECT count(*) FROM ({sql}) AS counted", params
+
+        sql, params = compiled(("feed count", self.source.model, self.shape), build)
+        total = db.execute_sql(sql, bind(params, self.values)).fetchone()[0]
+        return None if total > COUNT_LIMIT else total
+
+    def count_after(self, position, limit, held=False):
+        """The number of matching rows after `position`, up to `limit`; with
+        `held`, those still held back too (PostgreSQL)."""
+        def build():
+            after = self.source.after()[:1] if held else self.source.after()
+            inner = self.source.model.select(SQL("1")).where(
+                *after, *self.conditions()).limit(limit)
+            sql, params = inner.sql()
+            return f"SELECT count(*) FROM ({sql}) AS counted", params
+
+        sql, params = compiled(
+            ("feed count after", self.source.model, self.shape, limit, held), build)
+        values = {**self.values, "xid": position.xid, "seq": position.seq}
+        return db.execute_sql(sql, bind(params, values)).fetchone()[0]
+
+    def page(self, limit, offset, sort=()):
+        """Newest first (or by `sort`), from `offset`."""
+        def build():
+            query = self.select()
+            conditions = self.conditions()
+            query = query.where(*conditions) if conditions else query
+            from routes.lists import ordering
+            order = (ordering(self.source.model, sort) if self.source is LOGS
+                     else [self.source.seq.desc()])   # events: newest first by number
+            if not conditions and self.source is LOGS:
+                query = query.from_(InstanceLog.read_in_order_of(sort))
+            return query.order_by(*order).limit(
+                Slot("limit")).offset(Slot("offset"))
+
+        return self.read(("feed page", self.source.model, self.shape, tuple(sort)), build,
+                         limit=limit, offset=offset)
+
+    def after(self, position, limit):
+        """The rows after `position`, in commit order."""
+        def build():
+            query = self.select().where(*self.source.after(), *self.conditions())
+            return query.order_by(*self.source.order()).limit(Slot("limit"))
+
+        return self.read(("feed after", self.source.model, self.shape), build, limit=limit,
+                         xid=position.xid, seq=position.seq)
+
+    def held_back(self, position):
+        """PostgreSQL: whether a matching row past `position` is written by a
+        transaction that is not yet below the hold-back line (it may have
+        committed; the reader looks again soon). Never on SQLite."""
+        if is_sqlite():
+            return False
+        source = self.source
+
+        def build():
+            after = Tuple(source.xid, source.seq) > Tuple(Cast(Slot("xid", str), "xid8"),
+                                                          Slot("seq"))
+            return source.model.select(SQL("1")).where(after, *self.conditions()).limit(1)
+
+        values = {**self.values, "xid": position.xid, "seq": position.seq}
+        return run(("feed held", source.model, self.shape), build, values).fetchone() is not None
+
+    def one(self, row_id):
+        """The row with id `row_id`, in a list (empty when there is none)."""
+        model = self.source.model
+        return self.read(("feed one", model), lambda: self.select().where(
+            model.id == Slot("id")), id=row_id)
+
+    def read(self, shape, build, **values):
+        cursor = run(shape, build, {**self.values, **values})
+        return [converted(self.source.model, row) for row in cursor.fetchall()]
+
+
+def converted(model, row):
+    """A row (the model's columns, then its position text) as the dict of
+    JSON values the output schemas write, its position under `position`."""
+    out = {}
+    for field, value in zip(model._meta.sorted_fields, row):
+        name = field.column_name
+        if value is not None:
+            kind = getattr(field, "rel_field", field)
+            if isinstance(kind, UTCDateTimeField):
+                value = (value.replace(" ", "T") + "+00:00" if isinstance(value, str)
+                         else rfc3339(value))
+            elif isinstance(kind, ObjectField):
+                value = orjson.Fragment(value) if isinstance(value, str) else value
+            elif name == "data":
+                # Stored JSON text: SQLite's is compact and written as it is;
+                # PostgreSQL's json_build_object spaces it out.
+                value = orjson.Fragment(value) if is_sqlite() else orjson.loads(value)
+            elif not isinstance(value, (str, int)):
+                value = str(value)   # a UUID from PostgreSQL
+        out[name] = value
+    out["position"] = parse_text(row[-1])
+    return out

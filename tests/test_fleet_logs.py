@@ -1,0 +1,185 @@
+"""GET /api/logs (CONTRACT 4.3, 4.7): every instance's logs in one list,
+with the log filters and the instance's, paged newest first or followed
+after a position that survives deletions. On whichever engine the suite
+runs on; processes appending at once: test_fleet_servers.py."""
+import threading
+import time
+from urllib.parse import urlsplit
+
+import pytest
+
+import feed_reads
+from conftest import SITE, assert_problem, random_id
+from storage import db
+
+OTHER_SITE = "0f8fad5b-d9cb-469f-a165-70867728950e"
+
+
+# On PostgreSQL a page after a cursor holds back the rows of transactions
+# younger than the oldest one still open in the whole cluster (feeds.py):
+# reads that expect rows wait for them.
+SETTLE = "&wait=2"
+
+
+def messages(resp):
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    return [log["message"] for log in resp.get_json()]
+
+
+def next_link(resp):
+    link = resp.headers["Link"]
+    assert link.endswith('>; rel="next"'), link
+    url = urlsplit(link[1:link.index(">")])
+    return f"{url.path}?{url.query}"
+
+
+@pytest.fixture
+def fleet(client, make_instance):
+    """Three instances (two sites, labels) with logs at several levels:
+    {name: instance}, the logs appended in this order."""
+    made = {"web": make_instance(name="web", labels={"env": "prod", "team": "web"}),
+            "db": make_instance(name="db", labels={"env": "prod"}),
+            "lab": make_instance(name="lab", site_id=OTHER_SITE, labels={"env": "dev"})}
+    for name, level, log_type in (("web", "info", "system"), ("db", "error", "system"),
+                                  ("lab", "warn", "agent"), ("web", "fatal", "agent"),
+                                  ("db", "debug", "system"), ("lab", "error", "system")):
+        resp = client.post(f"/api/instances/{made[name]['id']}/logs", json={
+            "log_type": log_type, "level": level, "message": f"{name}-{level}"})
+        assert resp.status_code == 201
+    return made
+
+
+def test_every_instances_logs_newest_first_each_with_its_instance(client, fleet):
+    resp = client.get("/api/logs")
+    assert messages(resp) == ["lab-error", "db-debug", "web-fatal", "lab-warn", "db-error",
+                              "web-info"]
+    assert resp.headers["X-Total-Count"] == "6"
+    assert resp.get_json()[0]["instance_id"] == fleet["lab"]["id"]
+    page = client.get("/api/logs?limit=2&offset=2")
+    assert messages(page) == ["web-fatal", "lab-warn"]
+    assert "offset=4" in page.headers["Link"] and 'rel="prev"' in page.headers["Link"]
+
+
+@pytest.mark.parametrize("query, expected", [
+    ("min_level=error", ["lab-error", "web-fatal", "db-error"]),
+    ("level=warn,debug", ["db-debug", "lab-warn"]),
+    ("log_type=agent", ["web-fatal", "lab-warn"]),
+    ("label=env=prod", ["db-debug", "web-fatal", "db-error", "web-info"]),
+    ("label=env=prod,!team", ["db-debug", "db-error"]),
+    ("label=env!=prod&min_level=warn", ["lab-error", "lab-warn"]),
+    (f"site_id={OTHER_SITE}", ["lab-error", "lab-warn"]),
+    ("min_level=error&label=team", ["web-fatal"]),
+    ("sort=-level&limit=2", ["web-fatal", "lab-error"]),
+    ("sort=level&limit=2", ["db-debug", "web-info"]),
+])
+def test_filters_combine_and_count(client, fleet, query, expected):
+    resp = client.get(f"/api/logs?{query}")
+    assert messages(resp) == expected
+    if "limit" not in query:
+        assert resp.headers["X-Total-Count"] == str(len(expected))
+
+
+def test_instance_id_takes_a_comma_list_of_up_to_100(client, fleet):
+    both = f"{fleet['web']['id']},{fleet['lab']['id'].upper()}"
+    assert messages(client.get(f"/api/logs?instance_id={both}")) == [
+        "lab-error", "web-fatal", "lab-warn", "web-info"]
+    many = ",".join(random_id() for _ in range(101))
+    assert_problem(client.get(f"/api/logs?instance_id={many}"), 422, "instance_id", "query")
+    assert_problem(client.get("/api/logs?instance_id=nope"), 422, "instance_id", "query")
+
+
+def test_since_and_until_bound_the_time(client, fleet):
+    newest = client.get("/api/logs?limit=1").get_json()[0]["created_at"]
+    assert messages(client.get(f"/api/logs?since={newest.replace('+', '%2B')}")) == [
+        "lab-error"]
+    assert "lab-error" not in messages(client.get(
+        f"/api/logs?until={newest.replace('+', '%2B')}"))
+
+
+def test_a_cursor_from_p0_walks_every_log_once_in_commit_order_by_next_links(client, fleet):
+    seen, path = [], f"/api/logs?after=p0&limit=4{SETTLE}"
+    while True:
+        resp = client.get(path)
+        page = messages(resp)
+        assert resp.headers["X-Total-Count"] == "6"
+        if not page:
+            assert "Link" not in resp.headers
+            break
+        seen += page
+        path = next_link(resp)
+    assert seen == ["web-info", "db-error", "lab-warn", "web-fatal", "db-debug", "lab-error"]
+
+
+def test_a_position_stays_valid_when_its_log_is_deleted_and_an_id_of_a_gone_log_is_410(
+        client, fleet):
+    first = client.get(f"/api/logs?after=p0&limit=3{SETTLE}")
+    position_path = next_link(first)
+    last_id = first.get_json()[-1]["id"]           # lab-warn, of "lab"
+    assert client.delete(f"/api/instances/{fleet['lab']['id']}").status_code == 204
+    client.post(f"/api/instances/{fleet['web']['id']}/logs",
+                json={"log_type": "system", "message": "web-new"})
+
+    assert messages(client.get(position_path)) == ["web-fatal", "db-debug", "web-new"]
+    gone = assert_problem(client.get(f"/api/logs?after={last_id}"), 410)
+    assert "without after" in gone["detail"]
+    # An id of a log still kept starts after it, as the instance list does.
+    kept = first.get_json()[0]["id"]
+    assert messages(client.get(f"/api/logs?after={kept}&limit=2{SETTLE}")) == [
+        "db-error", "web-fatal"]
+
+
+@pytest.mark.parametrize("query, field", [
+    ("after=p", "after"), ("after=12", "after"), ("after=p1.2.3", "after"),
+    ("after=p0&sort=level", "sort"), ("wait=1", "wait"), ("after=p0&wait=31", "wait"),
+    ("site_id=x", "site_id"), ("label=env==x", "label"), ("nope=1", "nope"),
+])
+def test_bad_queries_are_422_naming_the_parameter(client, query, field):
+    assert_problem(client.get(f"/api/logs?{query}"), 422, field, "query")
+
+
+def test_the_total_is_left_out_past_the_exact_limit_and_the_link_still_pages(
+        client, fleet, monkeypatch):
+    monkeypatch.setattr(feed_reads, "COUNT_LIMIT", 4)
+    resp = client.get("/api/logs?limit=2")
+    assert "X-Total-Count" not in resp.headers
+    assert "offset=2" in resp.headers["Link"]
+    assert client.get("/api/logs?min_level=error").headers["X-Total-Count"] == "3"
+    assert "X-Total-Count" not in client.get("/api/logs?after=p0").headers
+
+
+def test_a_wait_is_answered_by_the_next_matching_log_of_any_instance(client, fleet, app):
+    position = next_link(client.get(f"/api/logs?after=p0&limit=6{SETTLE}"))
+    answer = {}
+
+    def wait():
+        started = time.monotonic()
+        answer["resp"] = app.test_client().get(f"{position}&min_level=error&wait=10".replace(
+            SETTLE, ""))
+        answer["took"] = time.monotonic() - started
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    deadline = time.monotonic() + 5
+    while "*logs" not in db.tail.keys() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    client.post(f"/api/instances/{fleet['db']['id']}/logs",
+                json={"log_type": "system", "level": "info", "message": "quiet"})
+    client.post(f"/api/instances/{fleet['web']['id']}/logs",
+                json={"log_type": "system", "level": "error", "message": "loud"})
+    waiter.join(10)
+    assert messages(answer["resp"]) == ["loud"]
+    assert answer["took"] < 5
+
+
+def test_every_filter_of_a_wait_without_a_new_log_answers_empty_at_the_deadline(
+        client, fleet):
+    position = next_link(client.get(f"/api/logs?after=p0&limit=6{SETTLE}"))
+    started = time.monotonic()
+    assert messages(client.get(f"{position.replace(SETTLE, '')}&wait=0.3&label=env=prod")) == []
+    assert time.monotonic() - started >= 0.3
+
+
+def test_site_id_is_an_instance_filter_that_matches_nothing_for_an_unknown_site(client, fleet):
+    resp = client.get(f"/api/logs?site_id={random_id()}")
+    assert messages(resp) == [] and resp.headers["X-Total-Count"] == "0"
+    assert client.get(f"/api/logs?site_id={SITE}").headers["X-Total-Count"] == "4"
