@@ -395,7 +395,7 @@ def undo_lifecycle():
     and version 8's log triggers."""
     sqlite = models.is_sqlite()
     if sqlite:
-        models.db.execute_sql("DROP TRIGGER instance_log_counted")
+        models.db.execute_sql("DROP TRIGGER IF EXISTS instance_log_counted")
     for index in ("instance_last_activity_at", "instance_expires_at", "instance_idle_deadline",
                   "instance_expiring"):
         models.db.execute_sql(f'DROP INDEX IF EXISTS "{index}"')
@@ -431,9 +431,20 @@ EVENT_TRIGGERS = ("event_instance_created", "event_instance_updated", "event_ins
 
 
 def undo_fleet_feeds():
-    """PostgreSQL: take the open database back to before schema version 10
-    (feeds.py): no event table or triggers, no fleet positions of logs."""
+    """Take the open database back to before schema version 11 (feeds.py),
+    in the caller's transaction: no event table or triggers, no fleet
+    positions of logs. On SQLite the log trigger goes too (it sets
+    fleet_seq): undo_lifecycle, which always follows, makes version 8's."""
     db = models.db
+    if models.is_sqlite():
+        for name in (*EVENT_TRIGGERS, "instance_log_counted"):
+            db.execute_sql(f"DROP TRIGGER IF EXISTS {name}")
+        db.execute_sql("DROP INDEX instance_log_fleet_seq")
+        db.execute_sql("ALTER TABLE instance_log DROP COLUMN fleet_seq")
+        db.execute_sql("DROP TABLE event")
+        db.execute_sql("DROP TABLE feed_counter")
+        db.execute_sql("DROP TABLE feed_mark")
+        return
     for name in EVENT_TRIGGERS:
         table = "instance" if name.startswith("event_instance") else "instance_plan"
         db.execute_sql(f"DROP TRIGGER {name} ON {table}")
@@ -442,6 +453,28 @@ def undo_fleet_feeds():
     db.execute_sql("DROP FUNCTION event_notified")
     db.execute_sql("ALTER TABLE instance_log DROP COLUMN fleet_seq, DROP COLUMN fleet_xid")
     db.execute_sql("DROP SEQUENCE instance_log_fleet_seq")
+
+
+def undo_counters():
+    """Take the open database back to before schema version 10: no instance
+    counters (storage.counters)."""
+    db = models.db
+    for trigger in ("instance_counted", "instance_recounted", "instance_uncounted"):
+        if models.is_sqlite():
+            db.execute_sql(f"DROP TRIGGER {trigger}")
+        else:
+            db.execute_sql(f"DROP TRIGGER {trigger} ON instance")
+            db.execute_sql(f"DROP FUNCTION {trigger}")
+    db.execute_sql("DROP TABLE instance_count")
+
+
+def undo_part_4():
+    """Take the open database back to schema version 8, in the caller's
+    transaction: versions 11 (feeds), 10 (counters) and 9 (lifecycle)
+    undone in that order."""
+    undo_fleet_feeds()
+    undo_counters()
+    undo_lifecycle()
 
 
 def undo_log_sequence(counting=True):

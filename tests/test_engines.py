@@ -17,7 +17,7 @@ import models
 from app import create_app
 from conftest import POSTGRES_URL, ROOT, SITE, USER, Server, call, clean_environment, connect
 from conftest import (
-    database_for, send, undo_lifecycle, undo_log_sequence, undo_version_7,
+    database_for, send, undo_part_4, undo_log_sequence, undo_version_7,
 )
 
 BOX = {"site_id": SITE, "user_id": USER, "name": "box"}
@@ -230,7 +230,7 @@ def test_a_migration_runs_in_place_on_this_engine(client, instance):
     logs = f"/api/instances/{instance['id']}/logs"
     client.post(logs, json=[{"log_type": "system", "message": f"m{n}"} for n in range(3)])
     with models.db.atomic():
-        undo_lifecycle()
+        undo_part_4()
         undo_version_7()
         undo_log_sequence(counting=False)
         migrate(SchemaMigrator.from_database(models.db.obj).drop_column("instance", "log_count"))

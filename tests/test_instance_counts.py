@@ -7,7 +7,7 @@ import pytest
 
 import migrations
 import models
-from conftest import SITE, USER
+from conftest import SITE, USER, undo_part_4
 from models import INSTANCE_STATUSES, INSTANCE_TYPES, Instance
 from storage import counters
 
@@ -104,26 +104,13 @@ def test_migration_from_version_8_fills_the_counters(client):
     rng = random.Random(8)
     write_randomly(client, rng, 60)
     with client.application.app_context():
-        undo_counters()
+        undo_part_4()
         models.SchemaVersion.update(version=8).execute()
         migrations.create_tables()
         assert migrations.stored_version() == migrations.SCHEMA_VERSION
     check(client, rng)
     write_randomly(client, rng, 40)
     check(client, rng)
-
-
-def undo_counters():
-    """Take the open database back to schema version 8: no counters."""
-    db = models.db
-    if models.is_sqlite():
-        for trigger in ("instance_counted", "instance_recounted", "instance_uncounted"):
-            db.execute_sql(f"DROP TRIGGER {trigger}")
-    else:
-        for trigger in ("instance_counted", "instance_recounted", "instance_uncounted"):
-            db.execute_sql(f"DROP TRIGGER {trigger} ON instance")
-            db.execute_sql(f"DROP FUNCTION {trigger}")
-    db.execute_sql("DROP TABLE instance_count")
 
 
 @pytest.mark.parametrize("by", ["site_id", "label:env"])

@@ -15,7 +15,7 @@ import search
 from app import create_app
 from conftest import (
     POSTGRES_URL, ROOT, SITE, USER, Server, call, close_connections, database_for,
-    undo_fleet_feeds, undo_lifecycle, undo_log_sequence, undo_version_7,
+    undo_part_4, undo_log_sequence, undo_version_7,
 )
 
 BOX = {"site_id": SITE, "user_id": USER, "name": "box"}
@@ -66,7 +66,6 @@ def version_6(path):
     close_connections()
     create_app(settings)
     with models.db.atomic():
-        undo_fleet_feeds()
         for row_id, name, status in OLD:
             models.db.execute_sql(
                 "INSERT INTO instance (id, created_at, updated_at, last_activity_at, site_id, "
@@ -81,7 +80,7 @@ def version_6(path):
                 "INSERT INTO instance_plan (id, created_at, updated_at, instance_id, title, "
                 "plan_type, status, priority) VALUES (%s, now(), now(), %s, 'old goal', "
                 "'objective', 'pending', 1)", (other_id(row_id, "2"), row_id))
-        undo_lifecycle()
+        undo_part_4()
         undo_version_7()
         undo_log_sequence()
         models.SchemaVersion.update(version=6).execute()
@@ -207,7 +206,7 @@ def test_a_version_8_database_starts_activity_at_its_newest_write(client):
     plan = client.post(f"/api/instances/{planned}/plans",
                        json={"title": "t", "plan_type": "task"}).get_json()
     with models.db.atomic():
-        undo_lifecycle()
+        undo_part_4()
         models.SchemaVersion.update(version=8).execute()
         # Times set apart by days, so the migration's choice shows.
         models.Instance.update(created_at=moment(1), updated_at=moment(2)).execute()

@@ -9,7 +9,7 @@ import pytest
 
 import migrations
 import models
-from conftest import undo_lifecycle, undo_log_sequence, undo_version_7
+from conftest import undo_part_4, undo_log_sequence, undo_version_7
 from storage.fields import utcnow
 from storage.writes import write
 
@@ -106,7 +106,7 @@ def test_version_6_with_logs_is_numbered_in_created_at_then_id_order(client, two
     and new appends carry on from there."""
     a, b = two
     with models.db.atomic():
-        undo_lifecycle()
+        undo_part_4()
         undo_version_7()
         undo_log_sequence()
         models.SchemaVersion.update(version=6).execute()
