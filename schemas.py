@@ -145,7 +145,10 @@ class InputSchema(Schema):
 
 class ProblemSchema(Schema):
     """RFC 9457 problem details: the body of every error (CONTRACT 1.5)."""
-    type = fields.String(metadata={"description": "Always about:blank: the status says it all."})
+    type = fields.String(metadata={
+        "description": "about:blank (the status says it all), or "
+                       "/api/problems/query-timeout for a read stopped by the read time "
+                       "limit (do not retry it as it is: narrow it)."})
     title = fields.String(metadata={"description": "The HTTP reason phrase."})
     status = fields.Integer(metadata={"description": "The HTTP status code."})
     detail = fields.String(metadata={"description": "What went wrong, for a person."})
@@ -155,6 +158,12 @@ class ProblemSchema(Schema):
                                  "headers), then by field, or by entry index in a batch."})
     request_id = fields.String(
         metadata={"description": "On a 500: the id under which the fault was logged."})
+    # 4.7: a heartbeat for an ended instance says how it ended.
+    instance_status = fields.String(
+        metadata={"description": "On a heartbeat's 409: the status the instance ended with."})
+    status_reason = fields.String(
+        allow_none=True,
+        metadata={"description": "On a heartbeat's 409: why it ended (null if no reason)."})
 
     EXAMPLE = {
         "type": "about:blank", "title": "Unprocessable Entity", "status": 422,

@@ -17,7 +17,8 @@ import pytest
 from conftest import SITE, USER, Server, call, clean_environment
 
 GENERATOR = Path(sys.executable).parent / "openapi-python-client"
-PACKAGE = "instance_api_client"
+# Not instance_api_client: that is the project's own client.
+PACKAGE = "generated_instance_api"
 # A fixed package name, and no post hooks: those run ruff on the result,
 # which costs time and needs ruff on PATH, and change nothing it does.
 CONFIG = f"package_name_override: {PACKAGE}\npost_hooks: []\n"
