@@ -130,10 +130,12 @@ def test_a_stop_answers_the_waiters_restarts_nothing_and_ends_every_process_with
         assert waiter.reply.get_json() == []
     output = server.output
     assert "starting another" not in output, output
-    # The workers saw the waiters held when they stopped.
+    # Each worker said it stopped, and what it answered at once. A waiter
+    # between two reads of its page (woken by the test's own log) is not
+    # counted there, but is answered all the same (above).
     held = re.findall(r"Stopping: finishing the requests in flight \(answering (\d+) waiting",
                       output)
-    assert sum(map(int, held)) == WAITERS, output
+    assert len(held) == 2 and sum(map(int, held)) <= WAITERS, output
 
 
 def test_a_worker_told_to_stop_stops_the_server_instead_of_being_replaced(start_server):
