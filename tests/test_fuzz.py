@@ -134,3 +134,18 @@ def test_the_hooks_let_through_what_the_document_cannot_express(headers, answer)
 ])
 def test_the_hooks_keep_every_other_refusal_of_valid_data(headers, answer):
     assert not fuzz_hooks.unexpressible(SimpleNamespace(headers=headers), answer)
+
+
+@pytest.mark.parametrize("configuration, mistaken", [
+    ({"k": -1.8377211013533202e+287, "n": 0.005}, True),    # whole floats: the server's floats
+    ({"k": {"deep": [1, None, "x"]}}, True),
+    ({"k": "a\x00b"}, False),                                # a NUL: the server refuses it
+    ({"k": 2**64}, False),                                   # past 64 bits
+])
+def test_a_negation_the_server_rightly_accepts_is_the_fuzzers_mistake(configuration, mistaken):
+    failure = SimpleNamespace(message="violates `type` at /properties/configuration/"
+                                      "additionalProperties/anyOf/5 (was object, became number)")
+    case = SimpleNamespace(body={"name": "box", "configuration": configuration})
+    assert fuzz_hooks.mistaken_negation(failure, case) is mistaken
+    other = SimpleNamespace(message="violates `maxLength` at /properties/name")
+    assert fuzz_hooks.mistaken_negation(other, case) is False
