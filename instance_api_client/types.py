@@ -120,6 +120,9 @@ class Problem(TypedDict):
     detail: str
     errors: NotRequired[dict[str, Any]]
     request_id: NotRequired[str]
+    # A heartbeat's 409 (CONTRACT 4.7): how the instance ended.
+    instance_status: NotRequired[str]
+    status_reason: NotRequired[Optional[str]]
 
 
 # The document's component schema each shape mirrors (tests/test_client.py).
