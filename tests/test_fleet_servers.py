@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from conftest import POSTGRES_URL, SITE, USER, connect, send
-from test_tail_servers import WAKE_BOUND, Waiting, held, percentile, request
+from test_tail_servers import WAKE_BOUND, Waiting, held, percentile, request, request_threads
 
 BOX = {"site_id": SITE, "user_id": USER, "name": "box"}
 ENGINE = "postgresql" if POSTGRES_URL else "sqlite"
@@ -124,12 +124,13 @@ def test_a_commit_in_another_process_wakes_fleet_waiters_within_250_ms(
     waiting = start_server()
     writing = start_server(db=waiting.db_path, log_name="writer.log")
     instance = request(writing.url, "POST", "/api/instances", BOX).get_json()["id"]
+    threads = request_threads(waiting)
     samples = []
     for n in range(6):
         cursor = position_now(waiting.url) if feed == "logs" else end_of_events(waiting.url)
         waiters = [Waiting(waiting.url, f"/api/{feed}?after={cursor}&wait=10")
                    for _ in range(2)]
-        held(*waiters, seconds=0.4)
+        held(waiting, threads, *waiters)
         if feed == "logs":
             request(writing.url, "POST", f"/api/instances/{instance}/logs",
                     {"log_type": "system", "message": f"wake {n}"})
