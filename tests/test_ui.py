@@ -387,6 +387,22 @@ def test_activity_deadlines_and_the_reason_are_shown(server, browser):
     assert browser.find_elements(By.CSS_SELECTOR, "main h1 i") == []
 
 
+def test_the_instance_page_follows_its_status_reason_and_activity(server, browser):
+    """Issue 24: the head of the page moves with the instance, no reload."""
+    made = create(server.url, name="followed", status="running")
+    browser.get(f"{server.url}/ui/instances/{made['id']}")
+    shows(browser, "followed", "running")
+    reply = call(server.url, "PATCH", f"/api/instances/{made['id']}",
+                 {"status": "error", "status_reason": "<b>crashed</b> at 3"})
+    assert reply.status_code == 200
+    # Within the page's refresh (2 s) and a margin; the reason as text.
+    shows(browser, "<b>crashed</b> at 3", timeout=5)
+    from selenium.webdriver.common.by import By
+
+    assert browser.find_elements(By.CSS_SELECTOR, "main h1 b") == []
+    assert browser.find_element(By.CSS_SELECTOR, "main h1 .badge").text == "error"
+
+
 def test_times_are_local_with_the_utc_value_on_hover(server, browser):
     from selenium.webdriver.common.by import By
 

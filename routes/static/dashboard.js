@@ -258,27 +258,60 @@ async function showInstance(id, params) {
   const {body: instance} = await api(`/api/instances/${id}`);
   document.title = `${instance.name} · Instances`;
   const plans = el("div", {}, el("p", {class: "muted loading"}, "Loading…"));
-  const scalars = Object.entries(instance).filter(([, value]) => typeof value !== "object" ||
-                                                                  value === null);
+  const head = el("div", {class: "instance-head"}, instanceHead(instance));
   const objects = Object.entries(instance).filter(([key, value]) => key !== "labels" &&
     typeof value === "object" && value !== null);
   main.replaceChildren(
     el("p", {class: "crumbs"}, el("a", {href: "/ui/"}, "← All instances")),
-    el("h1", {}, instance.name, " ", badge(instance.status),
-       instance.status_reason ? el("span", {class: "reason"}, instance.status_reason) : ""),
-    el("dl", {class: "fields"}, deadlines(instance), scalars.map(([key, value]) => [el("dt", {}, key), el("dd", {},
-      value === null ? none() : key.endsWith("_at") ? when(value) : key === "status" ? badge(value)
-        : key === "id" || key.endsWith("_id") ? el("span", {class: "id"}, value) : String(value))]),
-    el("dt", {}, "labels"), el("dd", {}, labelChips(instance.labels))),
+    head,
     el("div", {class: "objects"}, objects.map(([key, value]) => el("section", {},
       el("h2", {}, key), el("pre", {}, JSON.stringify(value, null, 2))))),
     el("section", {}, el("h2", {}, "Plans"), plans),
     logSection(id, LEVELS.includes(params.get("min_level")) ? params.get("min_level") : ""));
+  followInstance(id, head, instance);
 
   // Most important first, then in the order they were made; 1000 is the
   // API's largest page.
   api(`/api/instances/${id}/plans?sort=-priority,created_at&limit=1000`)
     .then(({body}) => plans.replaceChildren(planTree(body)), () => plans.replaceChildren());
+}
+
+// The name, status and reason, then every field that is not an object, with
+// the deadlines the service keeps (4.1).
+function instanceHead(instance) {
+  const scalars = Object.entries(instance).filter(([, value]) => typeof value !== "object" ||
+                                                                  value === null);
+  return [
+    el("h1", {}, instance.name, " ", badge(instance.status),
+       instance.status_reason ? el("span", {class: "reason"}, instance.status_reason) : ""),
+    el("dl", {class: "fields"}, deadlines(instance), scalars.map(([key, value]) => [el("dt", {}, key), el("dd", {},
+      value === null ? none() : key.endsWith("_at") ? when(value) : key === "status" ? badge(value)
+        : key === "id" || key.endsWith("_id") ? el("span", {class: "id"}, value) : String(value))]),
+    el("dt", {}, "labels"), el("dd", {}, labelChips(instance.labels)))];
+}
+
+// Keeps the head current while the page shows this instance: its status,
+// reason, last activity and deadlines move without the page being asked
+// (the agent's logs and heartbeats, the reaper). Activity moves at most once
+// a second and is no event (4.4), so the instance is read again every few
+// seconds rather than followed on /api/events.
+const HEAD_REFRESH_MS = 2000;
+async function followInstance(id, head, shown) {
+  while (head.isConnected) {
+    await sleep(HEAD_REFRESH_MS);
+    if (!head.isConnected) return;
+    let instance;
+    try {
+      ({body: instance} = await api(`/api/instances/${id}`));
+    } catch (error) {
+      if (error.status === 404 || error instanceof TokenNeeded) return;
+      continue;     // a passing fault: the next round tries again
+    }
+    if (JSON.stringify(instance) !== JSON.stringify(shown)) {
+      shown = instance;
+      head.replaceChildren(...instanceHead(instance));
+    }
+  }
 }
 
 // Plans nested under their parent_id; a plan whose parent is not in the
