@@ -351,22 +351,23 @@ def waits(value):
 waits.__name__ = "count of waits (0 or more)"
 
 
-DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhd]?)")
+DURATION = re.compile(r"([0-9]+)([smhd])")
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def duration(value):
-    """A duration: `90s`, `30m`, `12h`, `7d` or a number of seconds (a
-    timedelta), or nothing (None or empty) for off."""
+    """A duration: a whole number and its unit, `90s`, `30m`, `12h`, `7d` (a
+    timedelta), or nothing (None or empty) for off. A bare number is
+    refused: seconds or days, a mistake either way."""
     if isinstance(value, timedelta):
         return value
     text = "" if value is None else str(value).strip().lower()
     if not text:
         return None
     found = DURATION.fullmatch(text)
-    if found is None or float(found[1]) == 0:
+    if found is None or int(found[1]) == 0:
         raise ValueError(value)
-    return timedelta(seconds=float(found[1]) * DURATION_UNITS.get(found[2], 1))
+    return timedelta(seconds=int(found[1]) * DURATION_UNITS[found[2]])
 
 
 duration.__name__ = "duration (like 90s, 30m, 12h or 7d; empty for off)"

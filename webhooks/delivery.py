@@ -20,9 +20,8 @@ is tried. Every move is a write conditional on holding the lease, and the
 state is in the database: a restart loses nothing. On shutdown an attempt
 in flight is abandoned without counting as a failure.
 
-Outcomes are counted in-process (OUTCOMES, `outcomes()`), for /metrics.
+Each attempt's outcome is counted in /metrics (metrics.delivered).
 """
-import collections
 import logging
 import os
 import socket
@@ -35,6 +34,7 @@ from datetime import timedelta
 import httpx
 import orjson
 
+import metrics
 from feed_reads import EVENTS, Query
 from fleet_schemas import EventSchema
 from storage import db
@@ -48,22 +48,6 @@ log = logging.getLogger("instance_api")
 LEASE = timedelta(seconds=30)
 MAX_DELAY = 3600.0
 CONNECT_TIMEOUT, READ_TIMEOUT = 5.0, 10.0
-
-# Delivery outcomes of this process by kind: delivered, failed (an attempt
-# that failed), given_up. /metrics reads them with outcomes().
-OUTCOMES = collections.Counter()
-_outcomes_lock = threading.Lock()
-
-
-def outcomes():
-    """A copy of this process's delivery outcome counts."""
-    with _outcomes_lock:
-        return dict(OUTCOMES)
-
-
-def count(outcome):
-    with _outcomes_lock:
-        OUTCOMES[outcome] += 1
 
 
 class Delivery:
@@ -203,13 +187,13 @@ class Delivery:
         changes = {"last_delivery_at": now, "last_status": status, "last_error": error}
         done = error is None
         if done:
-            count("delivered")
+            metrics.delivered("delivered")
             changes["delivered"] = Webhook.delivered + 1
         else:
-            count("failed")
+            metrics.delivered("failed")
             first = webhook.first_failure_at or now
             if now - first >= self.give_up:
-                count("given_up")
+                metrics.delivered("given_up")
                 done = True
                 changes["failed"] = Webhook.failed + 1
             else:
