@@ -47,17 +47,21 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import handler  # noqa: E402
+import lifecycle  # noqa: E402
 import peer  # noqa: E402
+import postgres  # noqa: E402
 from app import DEFAULTS  # noqa: E402
 import live_tail  # noqa: E402
-from report import BATCH, COMPARED, CONCURRENCY, report  # noqa: E402
+from migrations import SCHEMA_VERSION  # noqa: E402
+from report import BATCH, CONCURRENCY, DEFAULT_OPS, report  # noqa: E402
 from workers import worker_count  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DATA = HERE / "data"
 SITE, USER = "5b0c6b52-3c6b-4a55-8f6e-0d7c3a1e9a01", "9d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6"
-SEED = "labels"   # change with what seed.py writes, so that old seeds are made again
+SEED = "timed"   # change with what seed.py writes, so that old seeds are made again
 
 
 def start(argv, env=None):
@@ -149,14 +153,35 @@ def wrk(url, connections, seconds, script=None):
     }
 
 
+def wrk_pair(urls, connections, seconds, script=None):
+    """Two servers driven at once (half the connections each), as one
+    cell: requests/s and non-2xx summed, the worse p50 and p99."""
+    results = [None, None]
+
+    def drive(index):
+        results[index] = wrk(urls[index], connections // 2, seconds, script)
+    threads = [threading.Thread(target=drive, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if None in results:
+        raise SystemExit(f"wrk failed on one of {urls}")
+    return {"rps": sum(r["rps"] for r in results),
+            "p50": max(r["p50"] for r in results), "p99": max(r["p99"] for r in results),
+            "non_2xx": sum(r["non_2xx"] for r in results),
+            "socket_errors": "; ".join(r["socket_errors"] for r in results if r["socket_errors"])}
+
+
 def settle(health):
     """Wait until the server has answered what the last cell left queued.
     wrk stops sending when its time is up, but up to `connections` requests
     are still in the server (32 batches of 1,000 logs are over a second of
     work), and the next cell would measure them. waitress serves requests in
     order of arrival, so a health check answers once they are done."""
-    with urllib.request.urlopen(health, timeout=60) as resp:
-        resp.read()
+    for url in [health] if isinstance(health, str) else health:
+        with urllib.request.urlopen(url, timeout=60) as resp:
+            resp.read()
 
 
 def seeded(size):
@@ -192,12 +217,15 @@ def pick(work):
 
 
 def uuid_of(text):
-    return uuid.UUID(text)
+    return uuid.UUID(str(text))
+
+
+LOG = {"log_type": "agent_action", "message": "clicked the button", "details": {"x": 1}}
 
 
 def targets(api, hot, other, site, first, deep, depth):
     """Operation: (URL, wrk script, rows per request, concurrencies)."""
-    log = {"log_type": "agent_action", "message": "clicked the button", "details": {"x": 1}}
+    log = LOG
     return {
         "get_one": (f"{api}/api/instances/{other}", None, 1, CONCURRENCY),
         "list_filtered": (f"{api}/api/instances?site_id={site}&status=running&limit=50", None,
@@ -251,21 +279,28 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=DEFAULTS["THREADS"],
                         help="waitress threads, for the service and the ceilings alike")
     parser.add_argument("--seconds", type=int, default=3)
+    parser.add_argument("--engines", default="sqlite,postgresql",
+                        help="sqlite alone, or with PostgreSQL rows (pg:, pg-default:, pg-two:)")
     parser.add_argument("--scaling", action="store_true",
                         help="compare 1 and 2 workers on both engines instead")
-    parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/postgres",
+                        help="a database on the server that the bench's databases go beside")
+    parser.add_argument("--handler-records", type=int, default=40000,
+                        help="records per measure of the logging handler (handler.py)")
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite RESULTS.md and the chart from results.json")
     parser.add_argument("--tail-only", action="store_true",
                         help="measure the live tail only and print its section")
-    parser.add_argument("--ops", help="only these operations (comma list; default:OP and "
-                                      "pocketbase:OP name those servers'), with the bare-Flask "
-                                      "ceiling they are compared with; no live tail")
+    parser.add_argument("--ops", help="only these operations (comma list; PREFIX:OP names "
+                                      "another server's; purge, reaper and handler the "
+                                      "measures of their own), with the bare-Flask ceiling "
+                                      "they are compared with; no live tail")
     args = parser.parse_args(argv)
     if args.report_only:
         saved = json.loads((HERE / "results.json").read_text())
         args.threads = saved.get("threads", args.threads)
-        return report(saved["samples"], saved["peak_rss_mb"], args, saved.get("tail"))
+        return report(saved["samples"], saved["peak_rss_mb"], args, saved.get("tail"),
+                      saved.get("extra"))
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed: apt-get install wrk (make bench does it)")
     if args.scaling:
@@ -279,27 +314,46 @@ def main(argv=None):
     workers = worker_count(0)
     ceilings = {kind: start([sys.executable, str(HERE / "ceilings.py"), kind, "0", threads])
                 for kind in ("wsgi", "flask")}
-    samples, rss = [], {}
-    # --ops: the default server and PocketBase only when an operation of theirs is named.
+    samples, rss, extra = [], {}, {"lifecycle": {}}
+    # --ops: another server only when an operation of its is named.
     named = set(args.ops.split(",")) if args.ops else None
-    with_default = named is None or any(op.startswith("default:") for op in named)
-    with_peer = named is None or any(op.startswith("pocketbase:") for op in named)
+
+    def wanted(*prefixes):
+        return named is None or any(op.startswith(prefixes) for op in named)
+    with_default, with_peer = wanted("default:"), wanted("pocketbase:")
+    with_noactivity = wanted("noactivity:")
+    with_pg = "postgresql" in args.engines.split(",") and wanted("pg")
+    base_url = args.postgres_url.rsplit("/", 1)[0]
     try:
         for size in args.sizes.split(","):
             work = seeded(size)
-            hot, other, site, first, deep, depth = pick(work)
-            servers = {"one": start([sys.executable, "server.py", "--port", "0", "--db",
-                                     str(work), "--threads", threads, "--workers", "1"])}
+            pristine = DATA / f"{size}.seed-{SEED}.db"
+            ids = pick(work)
+            one = [sys.executable, "server.py", "--port", "0", "--threads", threads]
+            servers = {"one": start([*one, "--db", str(work), "--workers", "1"])}
             # The same one process without metrics (INSTANCES_METRICS=0):
             # what recording them costs get_one (issue 26: at most 5%).
-            servers["nometrics"] = start([sys.executable, "server.py", "--port", "0", "--db",
-                                          str(work), "--threads", threads, "--workers", "1"],
+            servers["nometrics"] = start([*one, "--db", str(work), "--workers", "1"],
                                          env={"INSTANCES_METRICS": "0"})
             if with_default:
                 # The default, on the same file (two servers on one file write in
                 # turn, storage.writes.FileLock); driven one at a time.
-                servers["default"] = start([sys.executable, "server.py", "--port", "0", "--db",
-                                            str(work), "--threads", threads])
+                servers["default"] = start([*one, "--db", str(work)])
+            if with_noactivity:
+                # Issue 23: the same server on a copy whose log trigger records
+                # no activity (lifecycle.without_activity).
+                servers["noactivity"] = start([*one, "--db", str(lifecycle.without_activity(
+                    pristine)), "--workers", "1"])
+            if with_pg:
+                pg_url = postgres.seeded(size, base_url, f"seed-{SEED}", SCHEMA_VERSION)
+                pg_ids = postgres.pick(pg_url)
+                on_pg = [*one, "--database-url", pg_url]
+                servers["pg"] = start([*on_pg, "--workers", "1"])
+                servers["pg-default"] = start(on_pg)
+                servers["pg-two"] = start([*on_pg, "--workers", "1"])
+                servers["pg-two-b"] = start([*on_pg, "--workers", "1"])
+                if workers != 2:
+                    servers["pg-2w"] = start([*on_pg, "--workers", "2"])
             references = {kind: start([sys.executable, str(HERE / "ceilings.py"), kind, "0",
                                        threads, str(work)])
                           for kind in ("flask_query", "flask_insert", "smorest_query",
@@ -311,7 +365,8 @@ def main(argv=None):
             sampler = Sampler({"default": servers["default"][0]} if with_default else {})
             try:
                 api = servers["one"][1]
-                plan = targets(api, hot, other, site, first, deep, depth)
+                plan = targets(api, *ids)
+                other = ids[1]
                 plan["ceiling_wsgi"] = (ceilings["wsgi"][1] + "/", None, 1, CONCURRENCY)
                 plan["ceiling_flask"] = (ceilings["flask"][1] + "/", None, 1, CONCURRENCY)
                 plan["ceiling_flask_query"] = (f"{references['flask_query'][1]}/{other}", None,
@@ -324,15 +379,28 @@ def main(argv=None):
                     f"{references['smorest_insert'][1]}/{other}", plan["append_log"][1], 1,
                     CONCURRENCY)
                 health = {"": f"{api}/healthz"}
-                bare = targets(servers["nometrics"][1], hot, other, site, first, deep, depth)
-                plan["nometrics:get_one"] = (*bare["get_one"][:3], CONCURRENCY)
-                health["nometrics:"] = f"{servers['nometrics'][1]}/healthz"
+                # Other servers of the service: (prefix, its ids, ops, concurrencies).
+                others = {"nometrics": (ids, ("get_one",), CONCURRENCY)}
+                if with_noactivity:
+                    others["noactivity"] = (ids, ("append_log",), CONCURRENCY)
                 if with_default:
-                    default = targets(servers["default"][1], hot, other, site, first, deep,
-                                      depth)
-                    for op in COMPARED:
-                        plan[f"default:{op}"] = (*default[op][:3], (32,))
-                    health["default:"] = f"{servers['default'][1]}/healthz"
+                    others["default"] = (ids, DEFAULT_OPS, (32,))
+                if with_pg:
+                    others["pg"] = (pg_ids, postgres.OPS, CONCURRENCY)
+                    others["pg-default"] = (pg_ids, postgres.OPS, (32,))
+                    if "pg-2w" in servers:
+                        others["pg-2w"] = (pg_ids, postgres.TWO_OPS, (32,))
+                for prefix, (their_ids, ops, concurrencies) in others.items():
+                    add_cells(plan, health, prefix, servers[prefix][1], their_ids, ops,
+                              concurrencies)
+                if with_pg:
+                    pair = [targets(servers[name][1], *pg_ids)
+                            for name in ("pg-two", "pg-two-b")]
+                    for op in postgres.TWO_OPS:
+                        plan[f"pg-two:{op}"] = ((pair[0][op][0], pair[1][op][0]),
+                                                *pair[0][op][1:3], (32,))
+                    health["pg-two:"] = [f"{servers[name][1]}/healthz"
+                                         for name in ("pg-two", "pg-two-b")]
                 if with_peer:
                     plan.update(peer_targets(servers["pocketbase"][1], pb_other, pb_site))
                     health["pocketbase:"] = f"{servers['pocketbase'][1]}/api/health"
@@ -342,7 +410,8 @@ def main(argv=None):
                 for round_no in range(args.rounds):
                     for op, (url, script, rows, concurrencies) in plan.items():
                         for connections in concurrencies:
-                            result = wrk(url, connections, args.seconds, script)
+                            drive = wrk_pair if isinstance(url, tuple) else wrk
+                            result = drive(url, connections, args.seconds, script)
                             settle(health[op[:op.index(":") + 1] if ":" in op else ""])
                             samples.append({"size": size, "op": op, "c": connections,
                                             "round": round_no, "rows": rows, **result})
@@ -360,24 +429,60 @@ def main(argv=None):
                 sampler.stop()
                 for proc, _ in (*servers.values(), *references.values()):
                     stop(proc)
+                if with_pg:
+                    postgres.drop(base_url, size)
+            # Issue 23: the lifecycle's measures of their own (lifecycle.py).
+            if named is None or "purge" in named:
+                extra["lifecycle"].setdefault("purge", {})[size] = lifecycle.purge_cell(
+                    start, stop, wrk, settle, pristine,
+                    lambda api, other=ids[1]: f"{api}/api/instances/{other}/logs", plan_script(),
+                    args.seconds)
+            if named is None or "reaper" in named:
+                extra["lifecycle"].setdefault("reaper", {})[size] = lifecycle.reaper_pass(
+                    pristine)
     finally:
         for proc, _ in ceilings.values():
             stop(proc)
+    if named is None or "handler" in named:
+        # Issue 25: the logging handler, on a server of its own (handler.py).
+        extra["handler"] = handler.measure(args.handler_records, min(args.rounds, 3))
     tail = None if args.ops else live_tail.measure(start, stop, wrk, args.rounds, args.seconds)
-    report(samples, rss, args, tail)
+    report(samples, rss, args, tail, extra)
+
+
+def add_cells(plan, health, prefix, api, ids, ops, concurrencies):
+    """Cells of another server of the service at `api`, named PREFIX:OP."""
+    theirs = targets(api, *ids)
+    deep = next(op for op in theirs if op.startswith("tail_depth_") and op != "tail_depth_0")
+    for op in ops:
+        op = deep if op == "tail_depth_N" else op
+        plan[f"{prefix}:{op}"] = (*theirs[op][:3], concurrencies)
+    health[f"{prefix}:"] = f"{api}/healthz"
+
+
+def plan_script():
+    """append_log's wrk script."""
+    return lua("POST", LOG)
 
 
 def chosen(plan, ops):
     """The operations of `plan` named in `ops`, and the bare-Flask ceiling
-    that the report compares each with (tail_depth_N: the deep tail page)."""
-    wanted = set(ops.split(","))
-    deep = {op for op in plan if op.startswith("tail_depth_") and op != "tail_depth_0"}
-    unknown = wanted - set(plan) - {"tail_depth_N"}
+    that the report compares each with (PREFIX:tail_depth_N: the deep tail
+    page; purge, reaper and handler are measures of their own)."""
+    wanted = set(ops.split(",")) - {"purge", "reaper", "handler"}
+
+    def deep_of(op):
+        prefix, _, name = op.rpartition(":")
+        if name.startswith("tail_depth_") and name != "tail_depth_0":
+            return f"{prefix}:tail_depth_N" if prefix else "tail_depth_N"
+        return None
+    unknown = wanted - set(plan) - {deep_of(op) for op in plan if deep_of(op)}
     if unknown:
         raise SystemExit(f"unknown operations: {', '.join(sorted(unknown))}; choose from "
-                         f"{', '.join(plan)} (tail_depth_N: the deep page)")
+                         f"{', '.join(plan)}, purge, reaper, handler (PREFIX:tail_depth_N: "
+                         "the deep page)")
     return {op: target for op, target in plan.items() if op in wanted or op == "ceiling_flask"
-            or (op in deep and "tail_depth_N" in wanted)}
+            or deep_of(op) in wanted}
 
 
 class Sampler(threading.Thread):
