@@ -82,3 +82,45 @@ def drop(base_url, size):
     """The working copy goes after the run (the seed stays)."""
     with admin(base_url) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS bench_{size} WITH (FORCE)")
+
+
+def section(table):
+    """RESULTS.md's PostgreSQL table: each operation on both engines, one
+    worker and the default, and two servers of one worker each."""
+    sizes = sorted({size for size, op, _ in table if op.startswith("pg")})
+    if not sizes:
+        return []
+
+    def rps(size, op, c):
+        cell = table.get((size, op, c))
+        return cell and cell["rps"]
+
+    def shown(mine, theirs):
+        if not mine:
+            return "| "
+        return f"{mine:.0f} | {mine / theirs:.2f}" if theirs else f"{mine:.0f} | "
+    lines = ["## PostgreSQL", "",
+             "The same datasets seeded into a database of their own on the PostgreSQL of "
+             "this host (bench/postgres.py), served by the same server: `pg:` one worker, "
+             "`pg-default:` the default worker count, `pg-two:` two servers of one worker "
+             "each on two ports over the one database (a stand-in for two hosts; wrk drives "
+             "both at once, half the connections each, and the rates are summed). Each "
+             "ratio is PostgreSQL over SQLite in the same rounds.", "",
+             "| size | operation | conc. | SQLite, 1 worker | PostgreSQL, 1 worker | x SQLite "
+             "| SQLite default | PostgreSQL default | x SQLite | PostgreSQL, two servers "
+             "| x one of 2 workers |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for size in sizes:
+        ops = dict.fromkeys(op.split(":", 1)[1] for s, op, _ in sorted(table)
+                            if s == size and op.startswith("pg:"))
+        for op in ops:
+            for c in (8, 32):
+                if not rps(size, f"pg:{op}", c) and not rps(size, f"pg-default:{op}", c):
+                    continue
+                two = "pg-2w" if rps(size, f"pg-2w:{op}", c) else "pg-default"
+                lines.append(
+                    f"| {size} | {op} | {c} | {(rps(size, op, c) or 0):.0f} | "
+                    f"{shown(rps(size, f'pg:{op}', c), rps(size, op, c))} | "
+                    f"{(rps(size, f'default:{op}', c) or 0):.0f} | "
+                    f"{shown(rps(size, f'pg-default:{op}', c), rps(size, f'default:{op}', c))}"
+                    f" | {shown(rps(size, f'pg-two:{op}', c), rps(size, f'{two}:{op}', c))} |")
+    return lines + [""]

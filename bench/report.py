@@ -11,6 +11,7 @@ from pathlib import Path
 
 import floors
 import live_tail
+import postgres
 
 HERE = Path(__file__).resolve().parent
 CONCURRENCY = floors.CONCURRENCY
@@ -59,7 +60,11 @@ def report(samples, rss, args, tail=None, extra=None):
         f"({args.threads} threads) and GIL switch interval; each cell started once the "
         "server had answered what the previous one left queued. The service ran with "
         "`--workers 1`; `default:` rows are the same server with its default "
-        f"({workers} worker processes here, one per CPU) at 32 connections; `pocketbase:` "
+        f"({workers} worker processes here, one per CPU) at 32 connections; `nometrics:` "
+        "is one process with INSTANCES_METRICS=0, `noactivity:` one process on a copy whose "
+        "log trigger records no activity (bench/lifecycle.py); `pg:`, `pg-default:` and "
+        "`pg-two:` rows are PostgreSQL (one worker, the default, two servers of one worker "
+        "on one database: bench/postgres.py); `pocketbase:` "
         "rows are PocketBase (bench/peer.py) on the same rows.", "",
         "![req/s per operation](results.png)", "",
         "| size | operation | conc. | req/s | rows/s | p50 ms | p99 ms | non-2xx "
@@ -86,6 +91,7 @@ def report(samples, rss, args, tail=None, extra=None):
     lines += floors.section(table, rss, [row for rows, _ in sections for row in rows])
     lines += stack_lines(table)
     lines += flatness_lines(table)
+    lines += postgres.section(table)
     lines += peer_table(table, workers)
     for _, text in sections:
         lines += ["", *text]
@@ -180,8 +186,10 @@ def chart(table):
     import matplotlib.pyplot as plt
 
     sizes = sorted({size for size, _, _ in table})
+    # The service's own cells, its default's, PostgreSQL's one worker and
+    # PocketBase's: the other servers' are in the tables.
     ops = [op for op in dict.fromkeys(op for _, op, _ in sorted(table, key=lambda k: k[1]))
-           if not op.startswith("ceiling")]
+           if not op.startswith(("ceiling", "nometrics:", "noactivity:", "pg-"))]
     fig, axes = plt.subplots(len(CONCURRENCY), 1, figsize=(12, 5.5 * len(CONCURRENCY)))
     for ax, c in zip(axes, CONCURRENCY):
         width = 0.8 / len(sizes)

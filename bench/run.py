@@ -5,18 +5,24 @@ settings (a bare WSGI callable and a bare Flask route), two references
 and a peer (PocketBase, peer.py) seeded with the same rows.
 
     python bench/run.py [--sizes small,large] [--rounds 5] [--seconds 3] [--ops a,b]
+                        [--engines sqlite,postgresql] [--postgres-url URL]
     python bench/run.py --scaling [--postgres-url postgresql://...]
     python bench/run.py --tail-only [--rounds 1] [--seconds 1]
 
 The service runs twice on each dataset: with `--workers 1`, for every
 operation at 8 and 32 connections against the ceilings and references
 (the floors per process), and with its default (a worker per CPU), named
-`default:...`, for GET by id, the filtered list, create and append at 32
+`default:...`, for GET by id, the lists, create and append at 32
 connections, against one process (what the default buys on this machine;
 the other operations and concurrency would add time, not information).
-PocketBase, `pocketbase:...`, runs its equivalent of those four at both.
+PocketBase, `pocketbase:...`, runs its equivalent of four of them at both.
 `nometrics:get_one` is the one process again with INSTANCES_METRICS=0, for
-what recording the metrics costs a GET by id.
+what recording the metrics costs a GET by id; `noactivity:append_log` the
+one process on a copy whose log trigger records no activity (lifecycle.py).
+On PostgreSQL (postgres.py): `pg:` one worker, `pg-default:` the default,
+`pg-two:` two servers of one worker on one database, driven together.
+After each size's rounds, the append during a purge and the reaper's pass
+(lifecycle.py); after the sizes, the logging handler (handler.py).
 
 Writes bench/RESULTS.md (medians over rounds, the floors, where PocketBase
 stands, then the live tail's section, live_tail.py), bench/results.png and
