@@ -40,9 +40,10 @@ def checks(table, rss):
         mine, theirs = rps(size, op, c), rps(size, reference, c)
         return mine / theirs if mine and theirs else None
 
-    def check(target, size, c, value, least):
+    def check(target, size, c, value, least, op=None):
+        """`op`: named in the cell, for a target over several operations."""
         if value is not None:
-            found.append((target, f"{size} c={c}", value, least))
+            found.append((target, f"{op + ' ' if op else ''}{size} c={c}", value, least))
 
     for size in sizes:
         deep = deep_tail(table, size)
@@ -56,7 +57,7 @@ def checks(table, rss):
                       ratio(size, op, c, "ceiling_smorest_insert"), 1.0)
             for op in lists:
                 check("every list >= 0.3 x bare Flask", size, c,
-                      ratio(size, op, c, "ceiling_flask"), 0.3)
+                      ratio(size, op, c, "ceiling_flask"), 0.3, op)
             check("/metrics on: get_one >= 0.95 x without metrics", size, c,
                   ratio(size, "get_one", c, "nometrics:get_one"), 0.95)
             # Issue 23 item 5: the activity recording in the log trigger.
@@ -75,34 +76,34 @@ def checks(table, rss):
         # The default worker count against one process (issue 19, kept by 26).
         for op in READS:
             check("default reads >= 1.4 x one process", size, 32,
-                  ratio(size, f"default:{op}", 32, op), 1.4)
+                  ratio(size, f"default:{op}", 32, op), 1.4, op)
         for op in WRITES:
             check("default writes >= 1.1 x one process", size, 32,
-                  ratio(size, f"default:{op}", 32, op), 1.1)
+                  ratio(size, f"default:{op}", 32, op), 1.1, op)
         # Issue 26 item 3/5: PostgreSQL in the same run.
         check("PostgreSQL default get_one >= 0.8 x SQLite's default", size, 32,
               ratio(size, "pg-default:get_one", 32, "default:get_one"), 0.8)
         for op in LISTS:
             check("PostgreSQL default lists >= 0.6 x SQLite's default", size, 32,
-                  ratio(size, f"pg-default:{op}", 32, f"default:{op}"), 0.6)
+                  ratio(size, f"pg-default:{op}", 32, f"default:{op}"), 0.6, op)
         for op in WRITES:
             check("PostgreSQL default writes >= 0.9 x SQLite's default", size, 32,
-                  ratio(size, f"pg-default:{op}", 32, f"default:{op}"), 0.9)
+                  ratio(size, f"pg-default:{op}", 32, f"default:{op}"), 0.9, op)
         for op in ("get_one", "list_filtered", *WRITES):
             # pg-2w: a server of 2 workers, run when the default is not 2.
             two = "pg-2w" if (size, f"pg-2w:{op}", 32) in table else "pg-default"
             check("PostgreSQL, two servers of 1 worker >= 0.9 x one of 2 workers", size, 32,
-                  ratio(size, f"pg-two:{op}", 32, f"{two}:{op}"), 0.9)
+                  ratio(size, f"pg-two:{op}", 32, f"{two}:{op}"), 0.9, op)
     if "small" in sizes and "large" in sizes:
         for c in CONCURRENCY:
             for op in FLAT:
                 small = rps("small", op, c)
                 check("flat: large >= 0.8 x small (filtered lists, site counts, q)", "both", c,
-                      small and rps("large", op, c) and rps("large", op, c) / small, 0.8)
+                      small and rps("large", op, c) and rps("large", op, c) / small, 0.8, op)
             for op in COUNTED:
                 small = rps("small", op, c)
                 check("flat: unfiltered counts large >= 0.9 x small (issue 26)", "both", c,
-                      small and rps("large", op, c) and rps("large", op, c) / small, 0.9)
+                      small and rps("large", op, c) and rps("large", op, c) / small, 0.9, op)
     return found
 
 

@@ -95,6 +95,9 @@ def section(table):
         cell = table.get((size, op, c))
         return cell and cell["rps"]
 
+    def alone(value):
+        return f"{value:.0f}" if value else ""
+
     def shown(mine, theirs):
         if not mine:
             return "| "
@@ -118,9 +121,9 @@ def section(table):
                     continue
                 two = "pg-2w" if rps(size, f"pg-2w:{op}", c) else "pg-default"
                 lines.append(
-                    f"| {size} | {op} | {c} | {(rps(size, op, c) or 0):.0f} | "
+                    f"| {size} | {op} | {c} | {alone(rps(size, op, c))} | "
                     f"{shown(rps(size, f'pg:{op}', c), rps(size, op, c))} | "
-                    f"{(rps(size, f'default:{op}', c) or 0):.0f} | "
+                    f"{alone(rps(size, f'default:{op}', c))} | "
                     f"{shown(rps(size, f'pg-default:{op}', c), rps(size, f'default:{op}', c))}"
                     f" | {shown(rps(size, f'pg-two:{op}', c), rps(size, f'{two}:{op}', c))} |")
     return lines + [""]
