@@ -18,6 +18,8 @@ LISTS = ("list_filtered", "list_logs", "list_by_label", "list_q", "tail_depth_0"
 FLAT = ("list_filtered", "list_logs", "list_by_label", "counts_by_status_site", "list_q")
 # The counts kept by counters since issue 26 (item 2): flat within 0.9.
 COUNTED = ("counts_by_status",)
+# The fleet's log list, filtered (issue 24): flat within 0.9.
+FLEET = ("fleet_by_label", "fleet_errors")
 READS = ("get_one", *LISTS)
 WRITES = ("create_instance", "append_log")
 
@@ -63,6 +65,14 @@ def checks(table, rss):
             # Issue 23 item 5: the activity recording in the log trigger.
             check("append_log >= 0.9 x without activity recording", size, c,
                   ratio(size, "append_log", c, "noactivity:append_log"), 0.9)
+            # Issue 24: create_instance while a webhook delivers every event,
+            # counted until the receiver has them all (fleet.py).
+            hooked = table.get((size, "webhook:create_instance", c))
+            check("create_instance with a webhook delivering every event >= 0.85 x without",
+                  size, c, ratio(size, "webhook:create_instance", c, "create_instance"), 0.85)
+            if hooked:
+                check("webhook: the receiver had every event within a minute of each cell",
+                      size, c, 1.0 if hooked["complete"] else 0.0, 1.0)
             # Issue 19 (kept: nothing in issue 26 replaces it).
             logs = rps(size, "batch_ingest", c)
             check("batch ingest >= 8 logs per bare-Flask request (issue 19)", size, c,
@@ -100,6 +110,10 @@ def checks(table, rss):
                 small = rps("small", op, c)
                 check("flat: large >= 0.8 x small (filtered lists, site counts, q)", "both", c,
                       small and rps("large", op, c) and rps("large", op, c) / small, 0.8, op)
+            for op in FLEET:
+                small = rps("small", op, c)
+                check("flat: fleet log list large >= 0.9 x small (issue 24)", "both", c,
+                      small and rps("large", op, c) and rps("large", op, c) / small, 0.9, op)
             for op in COUNTED:
                 small = rps("small", op, c)
                 check("flat: unfiltered counts large >= 0.9 x small (issue 26)", "both", c,

@@ -35,6 +35,8 @@ def medians(samples):
         "p50": statistics.median(s["p50"] for s in runs),
         "p99": statistics.median(s["p99"] for s in runs),
         "non_2xx": sum(s["non_2xx"] for s in runs),
+        # webhook: cells (fleet.py): whether every round's events all arrived.
+        "complete": all(s.get("complete", True) for s in runs),
         "rows": runs[0]["rows"],
     } for key, runs in table.items()}
 

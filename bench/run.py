@@ -53,6 +53,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import fleet  # noqa: E402
 import handler  # noqa: E402
 import lifecycle  # noqa: E402
 import peer  # noqa: E402
@@ -155,6 +156,7 @@ def wrk(url, connections, seconds, script=None):
         "p50": to_ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1)),
         "p99": to_ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1)),
         "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
+        "requests": int(re.search(r"(\d+) requests in", out).group(1)),
         "socket_errors": errors.group(1) if errors else "",
     }
 
@@ -368,10 +370,23 @@ def main(argv=None):
                 pb_data = peer.seeded(size, DATA / f"{size}.seed-{SEED}.db", DATA)
                 pb_other, pb_site = peer.pick(pb_data)
                 servers["pocketbase"] = peer.start(pb_data)
+            # Issue 24: the fleet's feeds and webhooks, when the server has them.
+            feeds = fleet.has_feeds(servers["one"][1])
+            receiver = None
+            if feeds and wanted("webhook:"):
+                proc, hook_api, receiver = fleet.webhook_server(start, pristine, threads)
+                servers["webhook"] = (proc, hook_api)
             sampler = Sampler({"default": servers["default"][0]} if with_default else {})
             try:
                 api = servers["one"][1]
                 plan = targets(api, *ids)
+                health = {"": f"{api}/healthz"}
+                if feeds:
+                    plan.update({op: (*target, CONCURRENCY)
+                                 for op, target in fleet.targets(api).items()})
+                if receiver:
+                    add_cells(plan, health, "webhook", servers["webhook"][1], ids,
+                              ("create_instance",), CONCURRENCY)
                 other = ids[1]
                 plan["ceiling_wsgi"] = (ceilings["wsgi"][1] + "/", None, 1, CONCURRENCY)
                 plan["ceiling_flask"] = (ceilings["flask"][1] + "/", None, 1, CONCURRENCY)
@@ -384,7 +399,6 @@ def main(argv=None):
                 plan["ceiling_smorest_insert"] = (
                     f"{references['smorest_insert'][1]}/{other}", plan["append_log"][1], 1,
                     CONCURRENCY)
-                health = {"": f"{api}/healthz"}
                 # Other servers of the service: (prefix, its ids, ops, concurrencies).
                 others = {"nometrics": (ids, ("get_one",), CONCURRENCY)}
                 if with_noactivity:
@@ -416,8 +430,12 @@ def main(argv=None):
                 for round_no in range(args.rounds):
                     for op, (url, script, rows, concurrencies) in plan.items():
                         for connections in concurrencies:
-                            drive = wrk_pair if isinstance(url, tuple) else wrk
-                            result = drive(url, connections, args.seconds, script)
+                            if op.startswith("webhook:"):
+                                result = fleet.webhook_cell(wrk, receiver, url, connections,
+                                                            args.seconds, script)
+                            else:
+                                drive = wrk_pair if isinstance(url, tuple) else wrk
+                                result = drive(url, connections, args.seconds, script)
                             settle(health[op[:op.index(":") + 1] if ":" in op else ""])
                             samples.append({"size": size, "op": op, "c": connections,
                                             "round": round_no, "rows": rows, **result})
@@ -437,6 +455,8 @@ def main(argv=None):
                     stop(proc)
                 if with_pg:
                     postgres.drop(base_url, size)
+                if receiver:
+                    receiver.shutdown()
             # Issue 23: the lifecycle's measures of their own (lifecycle.py).
             if named is None or "purge" in named:
                 extra["lifecycle"].setdefault("purge", {})[size] = lifecycle.purge_cell(
