@@ -66,7 +66,9 @@ def report(samples, rss, args, tail=None, extra=None):
         "is one process with INSTANCES_METRICS=0, `noactivity:` one process on a copy whose "
         "log trigger records no activity (bench/lifecycle.py); `pg:`, `pg-default:` and "
         "`pg-two:` rows are PostgreSQL (one worker, the default, two servers of one worker "
-        "on one database: bench/postgres.py); `pocketbase:` "
+        "on one database: bench/postgres.py); `webhook:` one process with a webhook "
+        "delivering every event, counted until its receiver has them all (bench/fleet.py); "
+        "`pocketbase:` "
         "rows are PocketBase (bench/peer.py) on the same rows.", "",
         "![req/s per operation](results.png)", "",
         "| size | operation | conc. | req/s | rows/s | p50 ms | p99 ms | non-2xx "
@@ -191,7 +193,7 @@ def chart(table):
     # The service's own cells, its default's, PostgreSQL's one worker and
     # PocketBase's: the other servers' are in the tables.
     ops = [op for op in dict.fromkeys(op for _, op, _ in sorted(table, key=lambda k: k[1]))
-           if not op.startswith(("ceiling", "nometrics:", "noactivity:", "pg-"))]
+           if not op.startswith(("ceiling", "nometrics:", "noactivity:", "pg-", "webhook:"))]
     fig, axes = plt.subplots(len(CONCURRENCY), 1, figsize=(12, 5.5 * len(CONCURRENCY)))
     for ax, c in zip(axes, CONCURRENCY):
         width = 0.8 / len(sizes)

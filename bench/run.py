@@ -386,7 +386,7 @@ def main(argv=None):
                                  for op, target in fleet.targets(api).items()})
                 if receiver:
                     add_cells(plan, health, "webhook", servers["webhook"][1], ids,
-                              ("create_instance",), CONCURRENCY)
+                              ("create_instance",), fleet.CONCURRENCY)
                 other = ids[1]
                 plan["ceiling_wsgi"] = (ceilings["wsgi"][1] + "/", None, 1, CONCURRENCY)
                 plan["ceiling_flask"] = (ceilings["flask"][1] + "/", None, 1, CONCURRENCY)
