@@ -199,7 +199,11 @@ def seeded(size):
     # labels and the names list_q finds would measure those on nothing.
     pristine = DATA / f"{size}.seed-{SEED}.db"
     if not pristine.exists():
-        subprocess.run([sys.executable, str(HERE / "seed.py"), size, str(pristine)], check=True)
+        # Seeded under another name and renamed once complete: a seed cut
+        # short would otherwise be taken for a whole one by the next run.
+        partial = pristine.with_name(pristine.name + ".partial")
+        subprocess.run([sys.executable, str(HERE / "seed.py"), size, str(partial)], check=True)
+        partial.rename(pristine)
     work = DATA / f"{size}.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{work}{suffix}").unlink(missing_ok=True)
