@@ -188,7 +188,7 @@ def table(results):
     ratio = results["handler"] / results["batch"]
     ok &= ratio >= 0.8
     rows.append(f"| logs/s from 8 threads through the handler >= 0.8 x batches of 1,000 on 8 "
-                f"connections | {results['rounds']} rounds | {ratio:.2f} "
+                f"connections | {results['rounds']} round(s) | {ratio:.2f} "
                 f"({results['handler']:,.0f} / {results['batch']:,.0f} logs/s) | "
                 f"{'yes' if ratio >= 0.8 else '**no**'} |")
     return rows, ok
