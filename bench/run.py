@@ -38,7 +38,6 @@ import re
 import shutil
 import signal
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,7 +46,6 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
-from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -316,7 +314,9 @@ def main(argv=None):
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed: apt-get install wrk (make bench does it)")
     if args.scaling:
-        return scaling(args)
+        import scaling
+        return scaling.measure(args, start, stop, wrk, lua(
+            "POST", {"log_type": "agent_action", "message": "clicked the button"}), DATA)
     if args.tail_only:
         tail = live_tail.measure(start, stop, wrk, args.rounds, args.seconds)
         print("\n".join(live_tail.section(tail)))
@@ -531,67 +531,6 @@ class Sampler(threading.Thread):
 
     def stop(self):
         self.stopping.set()
-
-
-def scaling(args):
-    """GET-by-id and POST-log at concurrency 32 with 1 and 2 worker processes,
-    on a fresh SQLite file and a fresh PostgreSQL database, rounds interleaved."""
-    import psycopg
-
-    DATA.mkdir(exist_ok=True)
-    base = args.postgres_url.rsplit("/", 1)[0]
-    with psycopg.connect(args.postgres_url, autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS instances_bench")
-        conn.execute("CREATE DATABASE instances_bench")
-    sqlite_file = DATA / "scaling.db"
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{sqlite_file}{suffix}").unlink(missing_ok=True)
-    engines = {"sqlite": ["--db", str(sqlite_file)],
-               "postgresql": ["--database-url", f"{base}/instances_bench"]}
-    log = {"log_type": "agent_action", "message": "clicked the button"}
-    post_log = lua("POST", log)
-    samples = []
-    for round_no in range(args.rounds):
-        for engine, where in engines.items():
-            for workers in (1, 2):
-                proc, api = start([sys.executable, "server.py", "--port", "0",
-                                   "--workers", str(workers), *where])
-                try:
-                    instance = create_one(api)
-                    for op, url, script in (
-                            ("get_one", f"{api}/api/instances/{instance}", None),
-                            ("append_log", f"{api}/api/instances/{instance}/logs", post_log)):
-                        result = wrk(url, 32, args.seconds, script)
-                        samples.append({"engine": engine, "workers": workers, "op": op,
-                                        "round": round_no, **result})
-                        print(f"{engine:10} workers={workers} {op:10} round {round_no}: "
-                              f"{result['rps']:8.1f} req/s", flush=True)
-                finally:
-                    stop(proc)
-    lines = ["# Workers and engines", "",
-             f"`python bench/run.py --scaling` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} "
-             f"UTC, {os.cpu_count()} CPUs, wrk -t2 -c32 on the same host, {args.rounds} rounds "
-             f"of {args.seconds} s, medians. PostgreSQL {args.postgres_url.split('@')[-1]} "
-             "on the same host.", "",
-             "| operation | engine | 1 worker req/s | 2 workers req/s | non-2xx |",
-             "|---|---|---|---|---|"]
-    for op in ("get_one", "append_log"):
-        for engine in engines:
-            cells = [statistics.median(x["rps"] for x in samples if x["op"] == op
-                                       and x["engine"] == engine and x["workers"] == w)
-                     for w in (1, 2)]
-            errors = sum(x["non_2xx"] for x in samples if x["op"] == op and x["engine"] == engine)
-            lines.append(f"| {op} | {engine} | {cells[0]:.0f} | {cells[1]:.0f} | {errors} |")
-    (HERE / "SCALING.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
-
-def create_one(api):
-    request = urllib.request.Request(
-        f"{api}/api/instances", method="POST", headers={"Content-Type": "application/json"},
-        data=json.dumps({"site_id": SITE, "user_id": USER, "name": "bench"}).encode())
-    with urllib.request.urlopen(request) as resp:
-        return json.load(resp)["id"]
 
 
 if __name__ == "__main__":
