@@ -51,13 +51,15 @@ openapi: $(STAMP)
 	$(BIN)/instance-api openapi openapi.json
 
 # Seeds bench/data (git-ignored; the large size takes a minute the first
-# time), runs the server and the ceilings under wrk, writes bench/RESULTS.md
-# and bench/results.png. Needs wrk: installed with apt-get when missing.
+# time) and databases bench_* on the PostgreSQL of POSTGRES_URL (a few
+# minutes the first time), runs the server and the ceilings under wrk,
+# writes bench/RESULTS.md and bench/results.png (about an hour: bench/README.md).
+# Needs wrk: installed with apt-get when missing.
 bench: $(STAMP)
 	command -v wrk >/dev/null || { [ "$$(id -u)" -eq 0 ] && apt-get update -qq && \
 		apt-get install -y -qq wrk >/dev/null; } || { echo "install wrk (apt-get install wrk)"; exit 1; }
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py --postgres-url '$(POSTGRES_URL)'
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

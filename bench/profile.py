@@ -2,9 +2,9 @@
 directly (no sockets, no load generator), so the figures are the app's own
 cost per request. Run it on a seeded dataset (bench/seed.py):
 
-    python bench/profile.py bench/data/small.seed-labels.db            # µs per request
-    python bench/profile.py bench/data/small.seed-labels.db get_one    # and its profile
-    python bench/profile.py bench/data/small.seed-labels.db --instructions append_log ...
+    python bench/profile.py bench/data/small.seed-timed.db            # µs per request
+    python bench/profile.py bench/data/small.seed-timed.db get_one    # and its profile
+    python bench/profile.py bench/data/small.seed-timed.db --instructions append_log ...
 
 The database is copied first; the writes go to the copy. --instructions
 counts the CPU instructions of a request under valgrind's callgrind (the

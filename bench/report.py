@@ -9,16 +9,21 @@ import statistics
 from datetime import datetime, timezone
 from pathlib import Path
 
+import floors
 import live_tail
+import postgres
 
 HERE = Path(__file__).resolve().parent
-CONCURRENCY = (8, 32)
-BATCH = 1000   # logs per batch_ingest request
-# Run by the default server (a worker per CPU) and by PocketBase as well.
+CONCURRENCY = floors.CONCURRENCY
+BATCH = floors.BATCH   # logs per batch_ingest request
+# Run by PocketBase as well (and by the default server, with the other lists).
 COMPARED = ("get_one", "list_filtered", "create_instance", "append_log")
+# Run by the default server at 32 connections: the reads and writes of the
+# default-against-one-process floors, and SQLite's side of PostgreSQL's.
+DEFAULT_OPS = ("get_one", *floors.LISTS, "create_instance", "append_log")
 # Operations whose rate should not fall with the size of the data: the
 # large dataset's rate over the small one's (the flatness line of RESULTS.md).
-FLAT = ("list_filtered", "list_logs", "list_by_label", "counts_by_status_site", "list_q")
+FLAT = floors.FLAT
 
 
 def medians(samples):
@@ -30,15 +35,20 @@ def medians(samples):
         "p50": statistics.median(s["p50"] for s in runs),
         "p99": statistics.median(s["p99"] for s in runs),
         "non_2xx": sum(s["non_2xx"] for s in runs),
+        # webhook: cells (fleet.py): whether every round's events all arrived.
+        "complete": all(s.get("complete", True) for s in runs),
         "rows": runs[0]["rows"],
     } for key, runs in table.items()}
 
 
-def report(samples, rss, args, tail=None):
+def report(samples, rss, args, tail=None, extra=None):
+    """`extra`: the measures that are not wrk cells, by name (lifecycle.py's
+    purge and reaper, handler.py's), each with its section and floor rows."""
     table = medians(samples)
+    extra = extra or {}
     (HERE / "results.json").write_text(json.dumps(
-        {"samples": samples, "peak_rss_mb": rss, "threads": args.threads, "tail": tail},
-        indent=1))
+        {"samples": samples, "peak_rss_mb": rss, "threads": args.threads, "tail": tail,
+         "extra": extra}, indent=1))
     # Runs before issue 19 kept one figure per size.
     rss = {size: mb if isinstance(mb, dict) else {"one": mb} for size, mb in rss.items()}
     workers = next((mb["workers"] for mb in rss.values() if "workers" in mb), None)
@@ -52,7 +62,13 @@ def report(samples, rss, args, tail=None):
         f"({args.threads} threads) and GIL switch interval; each cell started once the "
         "server had answered what the previous one left queued. The service ran with "
         "`--workers 1`; `default:` rows are the same server with its default "
-        f"({workers} worker processes here, one per CPU) at 32 connections; `pocketbase:` "
+        f"({workers} worker processes here, one per CPU) at 32 connections; `nometrics:` "
+        "is one process with INSTANCES_METRICS=0, `noactivity:` one process on a copy whose "
+        "log trigger records no activity (bench/lifecycle.py); `pg:`, `pg-default:` and "
+        "`pg-two:` rows are PostgreSQL (one worker, the default, two servers of one worker "
+        "on one database: bench/postgres.py); `webhook:` one process with a webhook "
+        "delivering every event, counted until its receiver has them all (bench/fleet.py); "
+        "`pocketbase:` "
         "rows are PocketBase (bench/peer.py) on the same rows.", "",
         "![req/s per operation](results.png)", "",
         "| size | operation | conc. | req/s | rows/s | p50 ms | p99 ms | non-2xx "
@@ -72,10 +88,17 @@ def report(samples, rss, args, tail=None):
            f"{mb['default_pss']} MB)" if "default" in mb else "")
         + (f", PocketBase {mb['pocketbase']} MB" if "pocketbase" in mb else "")
         for size, mb in rss.items()), ""]
-    lines += floors(table, rss)
+    import handler
+    import lifecycle
+    sections = [module.section(extra[name]) for name, module in (
+        ("lifecycle", lifecycle), ("handler", handler)) if extra.get(name)]
+    lines += floors.section(table, rss, [row for rows, _ in sections for row in rows])
     lines += stack_lines(table)
     lines += flatness_lines(table)
+    lines += postgres.section(table)
     lines += peer_table(table, workers)
+    for _, text in sections:
+        lines += ["", *text]
     if tail is not None:
         lines += ["", *live_tail.section(tail)]
     (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
@@ -109,88 +132,6 @@ def stack_lines(table):
             "where the first and third rows are below a floor above, no route written that "
             "way reaches the floor either.", "",
             "| ratio | size | conc. | measured |", "|---|---|---|---|", *rows, ""]
-
-
-def floors(table, rss):
-    """Issue 19's floors, each a ratio within this run (medians), met or not.
-    A floor whose cells this run lacks is left out."""
-    checks = []   # (floor, size, c, measured, at least, shown as)
-    sizes = sorted({size for size, _, _ in table})
-
-    def rps(size, op, c):
-        cell = table.get((size, op, c))
-        return cell and cell["rps"]
-
-    def ratio(size, op, c, reference):
-        mine, theirs = rps(size, op, c), rps(size, reference, c)
-        return mine / theirs if mine and theirs else None
-
-    for size in sizes:
-        lists = [op for s, op, _ in table if s == size and (
-            op in ("list_filtered", "list_logs") or op.startswith("tail_depth_"))]
-        for c in CONCURRENCY:
-            # Issue 16: a page of one label, against the bare-Flask ceiling.
-            checks.append(("list_by_label >= 0.25 x bare Flask", size, c,
-                           ratio(size, "list_by_label", c, "ceiling_flask"), 0.25))
-        for c in CONCURRENCY:
-            checks.append(("get_one >= 0.6 x bare Flask", size, c,
-                           ratio(size, "get_one", c, "ceiling_flask"), 0.6))
-            for op in sorted(set(lists)):
-                checks.append((f"{op} (a list) >= 0.3 x bare Flask", size, c,
-                               ratio(size, op, c, "ceiling_flask"), 0.3))
-            least = 0.9 if c == 8 else 1.0
-            for op in ("create_instance", "append_log"):
-                checks.append((f"{op} >= {least} x the write reference", size, c,
-                               ratio(size, op, c, "ceiling_flask_insert"), least))
-            logs = rps(size, "batch_ingest", c)
-            checks.append(("batch ingest >= 8 logs per bare-Flask request", size, c,
-                           logs and logs * BATCH / rps(size, "ceiling_flask", c), 8))
-        for c in CONCURRENCY:
-            # Issue 26: /metrics enabled costs get_one at most 5%.
-            checks.append(("get_one >= 0.95 x get_one without metrics", size, c,
-                           ratio(size, "get_one", c, "nometrics:get_one"), 0.95))
-        for op, least in (("get_one", 1.4), ("list_filtered", 1.4),
-                          ("create_instance", 1.1), ("append_log", 1.1)):
-            checks.append((f"default:{op} >= {least} x one process", size, 32,
-                           ratio(size, f"default:{op}", 32, op), least))
-        deep = next((op for s, op, _ in table if s == size and op.startswith("tail_depth_")
-                     and op != "tail_depth_0"), None)
-        for c in CONCURRENCY:
-            # Issue 6: the deep page within 1.2 x the first (its rate at least 1/1.2 of it).
-            shallow = rps(size, "tail_depth_0", c)
-            checks.append((f"{deep} x 1.2 / tail_depth_0 >= 1", size, c,
-                           shallow and rps(size, deep, c) * 1.2 / shallow, 1.0))
-    if "small" in sizes and "large" in sizes:
-        for c in CONCURRENCY:
-            for op in FLAT:
-                small = rps("small", op, c)
-                checks.append((f"{op} large >= 0.8 x small", "both", c,
-                               small and rps("large", op, c) / small, 0.8))
-    lines = ["## Floors", "",
-             "Ratios within this run: one process (`--workers 1`) against the bare-Flask "
-             "ceiling and the write reference (ceiling_flask_insert: bare Flask, the body and "
-             "one INSERT with the service's SQLite settings), and the default worker count "
-             "against one process.", "",
-             "| floor | size | conc. | measured | met |", "|---|---|---|---|---|"]
-    for name, size, c, value, least in checks:
-        if value is not None:
-            lines.append(f"| {name} | {size} | {c} | {value:.2f} | "
-                         f"{'yes' if value >= least else '**no**'} |")
-    for size in sizes:
-        cells = [(op, cell["non_2xx"]) for (s, op, c), cell in table.items()
-                 if s == size and c == 32 and not op.startswith(("ceiling", "pocketbase:"))]
-        errors = sum(count for _, count in cells)
-        lines.append(f"| zero non-2xx at 32 connections (one process and default) | {size} | 32 "
-                     f"| {errors} | {'yes' if errors == 0 else '**no**'} |")
-    # Issue 19 bounds the default's memory per worker; one process's peak
-    # (batches at 32 connections) is in the Peak RSS line above.
-    for size, mb in rss.items():
-        if "default" in mb:
-            per = mb["default"] / mb["workers"]
-            lines.append(f"| peak RSS, default: all processes <= 100 MB per worker | {size} | "
-                         f"| {mb['default']} MB ({per:.0f} per worker) | "
-                         f"{'yes' if per <= 100 else '**no**'} |")
-    return lines + [""]
 
 
 def flatness(table, op, c):
@@ -249,8 +190,10 @@ def chart(table):
     import matplotlib.pyplot as plt
 
     sizes = sorted({size for size, _, _ in table})
+    # The service's own cells, its default's, PostgreSQL's one worker and
+    # PocketBase's: the other servers' are in the tables.
     ops = [op for op in dict.fromkeys(op for _, op, _ in sorted(table, key=lambda k: k[1]))
-           if not op.startswith("ceiling")]
+           if not op.startswith(("ceiling", "nometrics:", "noactivity:", "pg-", "webhook:"))]
     fig, axes = plt.subplots(len(CONCURRENCY), 1, figsize=(12, 5.5 * len(CONCURRENCY)))
     for ax, c in zip(axes, CONCURRENCY):
         width = 0.8 / len(sizes)

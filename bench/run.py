@@ -5,18 +5,24 @@ settings (a bare WSGI callable and a bare Flask route), two references
 and a peer (PocketBase, peer.py) seeded with the same rows.
 
     python bench/run.py [--sizes small,large] [--rounds 5] [--seconds 3] [--ops a,b]
+                        [--engines sqlite,postgresql] [--postgres-url URL]
     python bench/run.py --scaling [--postgres-url postgresql://...]
     python bench/run.py --tail-only [--rounds 1] [--seconds 1]
 
 The service runs twice on each dataset: with `--workers 1`, for every
 operation at 8 and 32 connections against the ceilings and references
 (the floors per process), and with its default (a worker per CPU), named
-`default:...`, for GET by id, the filtered list, create and append at 32
+`default:...`, for GET by id, the lists, create and append at 32
 connections, against one process (what the default buys on this machine;
 the other operations and concurrency would add time, not information).
-PocketBase, `pocketbase:...`, runs its equivalent of those four at both.
+PocketBase, `pocketbase:...`, runs its equivalent of four of them at both.
 `nometrics:get_one` is the one process again with INSTANCES_METRICS=0, for
-what recording the metrics costs a GET by id.
+what recording the metrics costs a GET by id; `noactivity:append_log` the
+one process on a copy whose log trigger records no activity (lifecycle.py).
+On PostgreSQL (postgres.py): `pg:` one worker, `pg-default:` the default,
+`pg-two:` two servers of one worker on one database, driven together.
+After each size's rounds, the append during a purge and the reaper's pass
+(lifecycle.py); after the sizes, the logging handler (handler.py).
 
 Writes bench/RESULTS.md (medians over rounds, the floors, where PocketBase
 stands, then the live tail's section, live_tail.py), bench/results.png and
@@ -32,7 +38,6 @@ import re
 import shutil
 import signal
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,23 +46,27 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
-from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import fleet  # noqa: E402
+import handler  # noqa: E402
+import lifecycle  # noqa: E402
 import peer  # noqa: E402
+import postgres  # noqa: E402
 from app import DEFAULTS  # noqa: E402
 import live_tail  # noqa: E402
-from report import BATCH, COMPARED, CONCURRENCY, report  # noqa: E402
+from migrations import SCHEMA_VERSION  # noqa: E402
+from report import BATCH, CONCURRENCY, DEFAULT_OPS, report  # noqa: E402
 from workers import worker_count  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DATA = HERE / "data"
 SITE, USER = "5b0c6b52-3c6b-4a55-8f6e-0d7c3a1e9a01", "9d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6"
-SEED = "labels"   # change with what seed.py writes, so that old seeds are made again
+SEED = "timed"   # change with what seed.py writes, so that old seeds are made again
 
 
 def start(argv, env=None):
@@ -145,8 +154,29 @@ def wrk(url, connections, seconds, script=None):
         "p50": to_ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1)),
         "p99": to_ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1)),
         "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
+        "requests": int(re.search(r"(\d+) requests in", out).group(1)),
         "socket_errors": errors.group(1) if errors else "",
     }
+
+
+def wrk_pair(urls, connections, seconds, script=None):
+    """Two servers driven at once (half the connections each), as one
+    cell: requests/s and non-2xx summed, the worse p50 and p99."""
+    results = [None, None]
+
+    def drive(index):
+        results[index] = wrk(urls[index], connections // 2, seconds, script)
+    threads = [threading.Thread(target=drive, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if None in results:
+        raise SystemExit(f"wrk failed on one of {urls}")
+    return {"rps": sum(r["rps"] for r in results),
+            "p50": max(r["p50"] for r in results), "p99": max(r["p99"] for r in results),
+            "non_2xx": sum(r["non_2xx"] for r in results),
+            "socket_errors": "; ".join(r["socket_errors"] for r in results if r["socket_errors"])}
 
 
 def settle(health):
@@ -155,8 +185,9 @@ def settle(health):
     are still in the server (32 batches of 1,000 logs are over a second of
     work), and the next cell would measure them. waitress serves requests in
     order of arrival, so a health check answers once they are done."""
-    with urllib.request.urlopen(health, timeout=60) as resp:
-        resp.read()
+    for url in [health] if isinstance(health, str) else health:
+        with urllib.request.urlopen(url, timeout=60) as resp:
+            resp.read()
 
 
 def seeded(size):
@@ -166,7 +197,11 @@ def seeded(size):
     # labels and the names list_q finds would measure those on nothing.
     pristine = DATA / f"{size}.seed-{SEED}.db"
     if not pristine.exists():
-        subprocess.run([sys.executable, str(HERE / "seed.py"), size, str(pristine)], check=True)
+        # Seeded under another name and renamed once complete: a seed cut
+        # short would otherwise be taken for a whole one by the next run.
+        partial = pristine.with_name(pristine.name + ".partial")
+        subprocess.run([sys.executable, str(HERE / "seed.py"), size, str(partial)], check=True)
+        partial.rename(pristine)
     work = DATA / f"{size}.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{work}{suffix}").unlink(missing_ok=True)
@@ -192,12 +227,15 @@ def pick(work):
 
 
 def uuid_of(text):
-    return uuid.UUID(text)
+    return uuid.UUID(str(text))
+
+
+LOG = {"log_type": "agent_action", "message": "clicked the button", "details": {"x": 1}}
 
 
 def targets(api, hot, other, site, first, deep, depth):
     """Operation: (URL, wrk script, rows per request, concurrencies)."""
-    log = {"log_type": "agent_action", "message": "clicked the button", "details": {"x": 1}}
+    log = LOG
     return {
         "get_one": (f"{api}/api/instances/{other}", None, 1, CONCURRENCY),
         "list_filtered": (f"{api}/api/instances?site_id={site}&status=running&limit=50", None,
@@ -251,25 +289,34 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=DEFAULTS["THREADS"],
                         help="waitress threads, for the service and the ceilings alike")
     parser.add_argument("--seconds", type=int, default=3)
+    parser.add_argument("--engines", default="sqlite,postgresql",
+                        help="sqlite alone, or with PostgreSQL rows (pg:, pg-default:, pg-two:)")
     parser.add_argument("--scaling", action="store_true",
                         help="compare 1 and 2 workers on both engines instead")
-    parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/postgres",
+                        help="a database on the server that the bench's databases go beside")
+    parser.add_argument("--handler-records", type=int, default=40000,
+                        help="records per measure of the logging handler (handler.py)")
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite RESULTS.md and the chart from results.json")
     parser.add_argument("--tail-only", action="store_true",
                         help="measure the live tail only and print its section")
-    parser.add_argument("--ops", help="only these operations (comma list; default:OP and "
-                                      "pocketbase:OP name those servers'), with the bare-Flask "
-                                      "ceiling they are compared with; no live tail")
+    parser.add_argument("--ops", help="only these operations (comma list; PREFIX:OP names "
+                                      "another server's; purge, reaper and handler the "
+                                      "measures of their own), with the bare-Flask ceiling "
+                                      "they are compared with; no live tail")
     args = parser.parse_args(argv)
     if args.report_only:
         saved = json.loads((HERE / "results.json").read_text())
         args.threads = saved.get("threads", args.threads)
-        return report(saved["samples"], saved["peak_rss_mb"], args, saved.get("tail"))
+        return report(saved["samples"], saved["peak_rss_mb"], args, saved.get("tail"),
+                      saved.get("extra"))
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed: apt-get install wrk (make bench does it)")
     if args.scaling:
-        return scaling(args)
+        import scaling
+        return scaling.measure(args, start, stop, wrk, lua(
+            "POST", {"log_type": "agent_action", "message": "clicked the button"}), DATA)
     if args.tail_only:
         tail = live_tail.measure(start, stop, wrk, args.rounds, args.seconds)
         print("\n".join(live_tail.section(tail)))
@@ -279,27 +326,46 @@ def main(argv=None):
     workers = worker_count(0)
     ceilings = {kind: start([sys.executable, str(HERE / "ceilings.py"), kind, "0", threads])
                 for kind in ("wsgi", "flask")}
-    samples, rss = [], {}
-    # --ops: the default server and PocketBase only when an operation of theirs is named.
+    samples, rss, extra = [], {}, {"lifecycle": {}}
+    # --ops: another server only when an operation of its is named.
     named = set(args.ops.split(",")) if args.ops else None
-    with_default = named is None or any(op.startswith("default:") for op in named)
-    with_peer = named is None or any(op.startswith("pocketbase:") for op in named)
+
+    def wanted(*prefixes):
+        return named is None or any(op.startswith(prefixes) for op in named)
+    with_default, with_peer = wanted("default:"), wanted("pocketbase:")
+    with_noactivity = wanted("noactivity:")
+    with_pg = "postgresql" in args.engines.split(",") and wanted("pg")
+    base_url = args.postgres_url.rsplit("/", 1)[0]
     try:
         for size in args.sizes.split(","):
             work = seeded(size)
-            hot, other, site, first, deep, depth = pick(work)
-            servers = {"one": start([sys.executable, "server.py", "--port", "0", "--db",
-                                     str(work), "--threads", threads, "--workers", "1"])}
+            pristine = DATA / f"{size}.seed-{SEED}.db"
+            ids = pick(work)
+            one = [sys.executable, "server.py", "--port", "0", "--threads", threads]
+            servers = {"one": start([*one, "--db", str(work), "--workers", "1"])}
             # The same one process without metrics (INSTANCES_METRICS=0):
             # what recording them costs get_one (issue 26: at most 5%).
-            servers["nometrics"] = start([sys.executable, "server.py", "--port", "0", "--db",
-                                          str(work), "--threads", threads, "--workers", "1"],
+            servers["nometrics"] = start([*one, "--db", str(work), "--workers", "1"],
                                          env={"INSTANCES_METRICS": "0"})
             if with_default:
                 # The default, on the same file (two servers on one file write in
                 # turn, storage.writes.FileLock); driven one at a time.
-                servers["default"] = start([sys.executable, "server.py", "--port", "0", "--db",
-                                            str(work), "--threads", threads])
+                servers["default"] = start([*one, "--db", str(work)])
+            if with_noactivity:
+                # Issue 23: the same server on a copy whose log trigger records
+                # no activity (lifecycle.without_activity).
+                servers["noactivity"] = start([*one, "--db", str(lifecycle.without_activity(
+                    pristine)), "--workers", "1"])
+            if with_pg:
+                pg_url = postgres.seeded(size, base_url, f"seed-{SEED}", SCHEMA_VERSION)
+                pg_ids = postgres.pick(pg_url)
+                on_pg = [*one, "--database-url", pg_url]
+                servers["pg"] = start([*on_pg, "--workers", "1"])
+                servers["pg-default"] = start(on_pg)
+                servers["pg-two"] = start([*on_pg, "--workers", "1"])
+                servers["pg-two-b"] = start([*on_pg, "--workers", "1"])
+                if workers != 2:
+                    servers["pg-2w"] = start([*on_pg, "--workers", "2"])
             references = {kind: start([sys.executable, str(HERE / "ceilings.py"), kind, "0",
                                        threads, str(work)])
                           for kind in ("flask_query", "flask_insert", "smorest_query",
@@ -308,10 +374,24 @@ def main(argv=None):
                 pb_data = peer.seeded(size, DATA / f"{size}.seed-{SEED}.db", DATA)
                 pb_other, pb_site = peer.pick(pb_data)
                 servers["pocketbase"] = peer.start(pb_data)
+            # Issue 24: the fleet's feeds and webhooks, when the server has them.
+            feeds = fleet.has_feeds(servers["one"][1])
+            receiver = None
+            if feeds and wanted("webhook:"):
+                proc, hook_api, receiver = fleet.webhook_server(start, pristine, threads)
+                servers["webhook"] = (proc, hook_api)
             sampler = Sampler({"default": servers["default"][0]} if with_default else {})
             try:
                 api = servers["one"][1]
-                plan = targets(api, hot, other, site, first, deep, depth)
+                plan = targets(api, *ids)
+                health = {"": f"{api}/healthz"}
+                if feeds:
+                    plan.update({op: (*target, CONCURRENCY)
+                                 for op, target in fleet.targets(api).items()})
+                if receiver:
+                    add_cells(plan, health, "webhook", servers["webhook"][1], ids,
+                              ("create_instance",), fleet.CONCURRENCY)
+                other = ids[1]
                 plan["ceiling_wsgi"] = (ceilings["wsgi"][1] + "/", None, 1, CONCURRENCY)
                 plan["ceiling_flask"] = (ceilings["flask"][1] + "/", None, 1, CONCURRENCY)
                 plan["ceiling_flask_query"] = (f"{references['flask_query'][1]}/{other}", None,
@@ -323,16 +403,28 @@ def main(argv=None):
                 plan["ceiling_smorest_insert"] = (
                     f"{references['smorest_insert'][1]}/{other}", plan["append_log"][1], 1,
                     CONCURRENCY)
-                health = {"": f"{api}/healthz"}
-                bare = targets(servers["nometrics"][1], hot, other, site, first, deep, depth)
-                plan["nometrics:get_one"] = (*bare["get_one"][:3], CONCURRENCY)
-                health["nometrics:"] = f"{servers['nometrics'][1]}/healthz"
+                # Other servers of the service: (prefix, its ids, ops, concurrencies).
+                others = {"nometrics": (ids, ("get_one",), CONCURRENCY)}
+                if with_noactivity:
+                    others["noactivity"] = (ids, ("append_log",), CONCURRENCY)
                 if with_default:
-                    default = targets(servers["default"][1], hot, other, site, first, deep,
-                                      depth)
-                    for op in COMPARED:
-                        plan[f"default:{op}"] = (*default[op][:3], (32,))
-                    health["default:"] = f"{servers['default'][1]}/healthz"
+                    others["default"] = (ids, DEFAULT_OPS, (32,))
+                if with_pg:
+                    others["pg"] = (pg_ids, postgres.OPS, CONCURRENCY)
+                    others["pg-default"] = (pg_ids, postgres.OPS, (32,))
+                    if "pg-2w" in servers:
+                        others["pg-2w"] = (pg_ids, postgres.TWO_OPS, (32,))
+                for prefix, (their_ids, ops, concurrencies) in others.items():
+                    add_cells(plan, health, prefix, servers[prefix][1], their_ids, ops,
+                              concurrencies)
+                if with_pg:
+                    pair = [targets(servers[name][1], *pg_ids)
+                            for name in ("pg-two", "pg-two-b")]
+                    for op in postgres.TWO_OPS:
+                        plan[f"pg-two:{op}"] = ((pair[0][op][0], pair[1][op][0]),
+                                                *pair[0][op][1:3], (32,))
+                    health["pg-two:"] = [f"{servers[name][1]}/healthz"
+                                         for name in ("pg-two", "pg-two-b")]
                 if with_peer:
                     plan.update(peer_targets(servers["pocketbase"][1], pb_other, pb_site))
                     health["pocketbase:"] = f"{servers['pocketbase'][1]}/api/health"
@@ -342,7 +434,12 @@ def main(argv=None):
                 for round_no in range(args.rounds):
                     for op, (url, script, rows, concurrencies) in plan.items():
                         for connections in concurrencies:
-                            result = wrk(url, connections, args.seconds, script)
+                            if op.startswith("webhook:"):
+                                result = fleet.webhook_cell(wrk, receiver, url, connections,
+                                                            args.seconds, script)
+                            else:
+                                drive = wrk_pair if isinstance(url, tuple) else wrk
+                                result = drive(url, connections, args.seconds, script)
                             settle(health[op[:op.index(":") + 1] if ":" in op else ""])
                             samples.append({"size": size, "op": op, "c": connections,
                                             "round": round_no, "rows": rows, **result})
@@ -360,24 +457,62 @@ def main(argv=None):
                 sampler.stop()
                 for proc, _ in (*servers.values(), *references.values()):
                     stop(proc)
+                if with_pg:
+                    postgres.drop(base_url, size)
+                if receiver:
+                    receiver.shutdown()
+            # Issue 23: the lifecycle's measures of their own (lifecycle.py).
+            if named is None or "purge" in named:
+                extra["lifecycle"].setdefault("purge", {})[size] = lifecycle.purge_cell(
+                    start, stop, wrk, settle, pristine,
+                    lambda api, other=ids[1]: f"{api}/api/instances/{other}/logs", plan_script(),
+                    args.seconds)
+            if named is None or "reaper" in named:
+                extra["lifecycle"].setdefault("reaper", {})[size] = lifecycle.reaper_pass(
+                    pristine)
     finally:
         for proc, _ in ceilings.values():
             stop(proc)
+    if named is None or "handler" in named:
+        # Issue 25: the logging handler, on a server of its own (handler.py).
+        extra["handler"] = handler.measure(args.handler_records, min(args.rounds, 3))
     tail = None if args.ops else live_tail.measure(start, stop, wrk, args.rounds, args.seconds)
-    report(samples, rss, args, tail)
+    report(samples, rss, args, tail, extra)
+
+
+def add_cells(plan, health, prefix, api, ids, ops, concurrencies):
+    """Cells of another server of the service at `api`, named PREFIX:OP."""
+    theirs = targets(api, *ids)
+    deep = next(op for op in theirs if op.startswith("tail_depth_") and op != "tail_depth_0")
+    for op in ops:
+        op = deep if op == "tail_depth_N" else op
+        plan[f"{prefix}:{op}"] = (*theirs[op][:3], concurrencies)
+    health[f"{prefix}:"] = f"{api}/healthz"
+
+
+def plan_script():
+    """append_log's wrk script."""
+    return lua("POST", LOG)
 
 
 def chosen(plan, ops):
     """The operations of `plan` named in `ops`, and the bare-Flask ceiling
-    that the report compares each with (tail_depth_N: the deep tail page)."""
-    wanted = set(ops.split(","))
-    deep = {op for op in plan if op.startswith("tail_depth_") and op != "tail_depth_0"}
-    unknown = wanted - set(plan) - {"tail_depth_N"}
+    that the report compares each with (PREFIX:tail_depth_N: the deep tail
+    page; purge, reaper and handler are measures of their own)."""
+    wanted = set(ops.split(",")) - {"purge", "reaper", "handler"}
+
+    def deep_of(op):
+        prefix, _, name = op.rpartition(":")
+        if name.startswith("tail_depth_") and name != "tail_depth_0":
+            return f"{prefix}:tail_depth_N" if prefix else "tail_depth_N"
+        return None
+    unknown = wanted - set(plan) - {deep_of(op) for op in plan if deep_of(op)}
     if unknown:
         raise SystemExit(f"unknown operations: {', '.join(sorted(unknown))}; choose from "
-                         f"{', '.join(plan)} (tail_depth_N: the deep page)")
+                         f"{', '.join(plan)}, purge, reaper, handler (PREFIX:tail_depth_N: "
+                         "the deep page)")
     return {op: target for op, target in plan.items() if op in wanted or op == "ceiling_flask"
-            or (op in deep and "tail_depth_N" in wanted)}
+            or deep_of(op) in wanted}
 
 
 class Sampler(threading.Thread):
@@ -396,67 +531,6 @@ class Sampler(threading.Thread):
 
     def stop(self):
         self.stopping.set()
-
-
-def scaling(args):
-    """GET-by-id and POST-log at concurrency 32 with 1 and 2 worker processes,
-    on a fresh SQLite file and a fresh PostgreSQL database, rounds interleaved."""
-    import psycopg
-
-    DATA.mkdir(exist_ok=True)
-    base = args.postgres_url.rsplit("/", 1)[0]
-    with psycopg.connect(args.postgres_url, autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS instances_bench")
-        conn.execute("CREATE DATABASE instances_bench")
-    sqlite_file = DATA / "scaling.db"
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{sqlite_file}{suffix}").unlink(missing_ok=True)
-    engines = {"sqlite": ["--db", str(sqlite_file)],
-               "postgresql": ["--database-url", f"{base}/instances_bench"]}
-    log = {"log_type": "agent_action", "message": "clicked the button"}
-    post_log = lua("POST", log)
-    samples = []
-    for round_no in range(args.rounds):
-        for engine, where in engines.items():
-            for workers in (1, 2):
-                proc, api = start([sys.executable, "server.py", "--port", "0",
-                                   "--workers", str(workers), *where])
-                try:
-                    instance = create_one(api)
-                    for op, url, script in (
-                            ("get_one", f"{api}/api/instances/{instance}", None),
-                            ("append_log", f"{api}/api/instances/{instance}/logs", post_log)):
-                        result = wrk(url, 32, args.seconds, script)
-                        samples.append({"engine": engine, "workers": workers, "op": op,
-                                        "round": round_no, **result})
-                        print(f"{engine:10} workers={workers} {op:10} round {round_no}: "
-                              f"{result['rps']:8.1f} req/s", flush=True)
-                finally:
-                    stop(proc)
-    lines = ["# Workers and engines", "",
-             f"`python bench/run.py --scaling` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} "
-             f"UTC, {os.cpu_count()} CPUs, wrk -t2 -c32 on the same host, {args.rounds} rounds "
-             f"of {args.seconds} s, medians. PostgreSQL {args.postgres_url.split('@')[-1]} "
-             "on the same host.", "",
-             "| operation | engine | 1 worker req/s | 2 workers req/s | non-2xx |",
-             "|---|---|---|---|---|"]
-    for op in ("get_one", "append_log"):
-        for engine in engines:
-            cells = [statistics.median(x["rps"] for x in samples if x["op"] == op
-                                       and x["engine"] == engine and x["workers"] == w)
-                     for w in (1, 2)]
-            errors = sum(x["non_2xx"] for x in samples if x["op"] == op and x["engine"] == engine)
-            lines.append(f"| {op} | {engine} | {cells[0]:.0f} | {cells[1]:.0f} | {errors} |")
-    (HERE / "SCALING.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
-
-def create_one(api):
-    request = urllib.request.Request(
-        f"{api}/api/instances", method="POST", headers={"Content-Type": "application/json"},
-        data=json.dumps({"site_id": SITE, "user_id": USER, "name": "bench"}).encode())
-    with urllib.request.urlopen(request) as resp:
-        return json.load(resp)["id"]
 
 
 if __name__ == "__main__":
