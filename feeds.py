@@ -7,7 +7,7 @@ Positions. SQLite has one writer at a time, so a number taken in the
 writing transaction is commit order: a log's `fleet_seq` is the next value
 of a counter row (`feed_counter`, never going back, unlike a rowid that the
 deletion of the newest row would hand out again), set by the log trigger
-(models.LOG_TRIGGERS) in the statement that inserts it; an event's
+(log_triggers.py) in the statement that inserts it; an event's
 `position` is its AUTOINCREMENT key. PostgreSQL takes a sequence value
 before its transaction commits, and a later value can commit first; so each
 row also keeps the id of the transaction that wrote it (`xid8`), and a
@@ -228,7 +228,7 @@ def event_triggers():
                               f"FOR EACH ROW{when} {body}")
     if not is_sqlite():
         # Followers in every process wake when events commit (storage.tail).
-        from models import LOG_CHANNEL
+        from log_triggers import LOG_CHANNEL
         channel = LOG_CHANNEL.format(schema="TG_TABLE_SCHEMA")
         statements += [
             f"CREATE OR REPLACE FUNCTION event_notified() RETURNS trigger LANGUAGE plpgsql "

@@ -14,8 +14,9 @@ from playhouse.migrate import SchemaMigrator, migrate
 
 import feeds
 import search
+from log_triggers import create_triggers
 from models import (
-    MODELS, Instance, InstanceLog, InstancePlan, SchemaVersion, create_triggers, recount_logs,
+    MODELS, Instance, InstanceLog, InstancePlan, SchemaVersion, recount_logs,
 )
 from storage import counters, db
 from storage.engines import is_sqlite, schema_lock
@@ -105,7 +106,7 @@ def _labels_and_search(migrator):
 def _sequence_logs(migrator):
     """logs numbered in the order they were committed (seq)"""
     # Version 8: each log's seq, its place in its instance's log in commit
-    # order (models.LOG_TRIGGERS). The logs already there are numbered in
+    # order (log_triggers.py). The logs already there are numbered in
     # the order the `after` cursor read them until now: created_at, then id.
     # The unique index on (instance_id, seq) comes after, with the other
     # missing indexes, and the triggers are made again with the seq.

@@ -25,12 +25,13 @@ from waitress.task import ErrorTask
 
 import logtail
 import metrics
-from app import DEFAULTS, PROBLEM_TYPE, create_app, openapi_document, shown_database
+from app import PROBLEM_TYPE, create_app, openapi_document
 from jobs.event_purge import EventPurge
 from jobs.purge import Purge, purge_command
 from jobs.reaper import Reaper
 from jobs.runner import Runner
 from loglines import configure_logging
+from settings import DEFAULTS, shown_database
 from storage import db
 from storage.backup import BackupFailed
 from storage.backup import backup as backup_file

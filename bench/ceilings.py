@@ -33,7 +33,7 @@ from marshmallow import Schema, fields, validate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app import DEFAULTS  # noqa: E402
+from settings import DEFAULTS  # noqa: E402
 from models import LOG_LEVELS  # noqa: E402
 from server import SWITCH_INTERVAL  # noqa: E402
 from storage.engines import sqlite_pragmas  # noqa: E402

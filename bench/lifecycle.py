@@ -2,8 +2,8 @@
 
 - append_log with activity recording against the same build without it:
   `without_activity(work)` makes a copy of a size's working file whose log
-  trigger (models.LOG_TRIGGERS) is the same statement with the activity
-  part (models.SQLITE_ACTIVITY: last_activity_at and idle_deadline) taken
+  trigger (log_triggers.LOG_TRIGGERS) is the same statement with the activity
+  part (log_triggers.SQLITE_ACTIVITY: last_activity_at and idle_deadline) taken
   out; run.py serves it with the same server as `noactivity:append_log`,
   in the same rounds. The server keeps a trigger it finds at its schema
   version (CREATE TRIGGER IF NOT EXISTS, and no migration at the current
@@ -55,11 +55,11 @@ def copy_db(source, target):
 
 def without_activity(work):
     """A copy of `work` whose log trigger records no activity."""
-    from models import LOG_TRIGGERS, SQLITE_ACTIVITY
+    from log_triggers import LOG_TRIGGERS, SQLITE_ACTIVITY
     statement = LOG_TRIGGERS["sqlite"][0]
     part = f",\n                {SQLITE_ACTIVITY}"
     if part not in statement:
-        raise SystemExit("models.LOG_TRIGGERS changed: bench/lifecycle.py cannot take the "
+        raise SystemExit("log_triggers.LOG_TRIGGERS changed: bench/lifecycle.py cannot take the "
                          "activity part out of the log trigger any more")
     target = copy_db(work, work.with_name(work.stem + "-noactivity.db"))
     # Brought to this server's schema version first: a migration may make

@@ -283,7 +283,7 @@ def after_cursor(model, scope):
     """Rows committed after the row the cursor marks (the `after` id, in
     `scope`): a seq past its seq, an index range from that row onwards, with
     no offset to skip over however deep. Not created_at: a row stamped
-    earlier can commit later (models.LOG_TRIGGERS), and a follower past it
+    earlier can commit later (log_triggers.py), and a follower past it
     would never see it. The marked row's seq is a subquery of the page's own
     statement, read once, not a lookup of its own."""
     return model.seq > model.select(model.seq).where(

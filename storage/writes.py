@@ -172,7 +172,7 @@ def insert_all(tickets):
     statements, filling = [], {}   # model: (its statement being filled, its row count)
     # In the order of what the rows share (a log's instance), arrival order
     # among equals: on PostgreSQL each log locks its instance's row until
-    # the end of the transaction (models.LOG_TRIGGERS), and two processes
+    # the end of the transaction (log_triggers.py), and two processes
     # locking two instances in opposite orders would deadlock.
     for ticket in sorted(tickets, key=lambda ticket: sorted(ticket.shared.items())):
         try:

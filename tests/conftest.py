@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+import log_triggers
 import models
 from app import create_app
 
@@ -348,7 +349,7 @@ COUNTING_TRIGGERS = {
 }
 
 
-# What schema version 8 had of the log triggers (models.LOG_TRIGGERS then):
+# What schema version 8 had of the log triggers (log_triggers.py then):
 # seq from log_count, no activity.
 VERSION_8_TRIGGERS = {
     "sqlite": ["""
@@ -380,7 +381,7 @@ VERSION_8_TRIGGERS = {
             UPDATE instance SET log_count = log_count + added.n
             FROM (SELECT instance_id, count(*) AS n FROM new_logs GROUP BY instance_id) AS added
             WHERE instance.id = added.instance_id;
-            PERFORM pg_notify({models.POSTGRES_CHANNEL}, instance_id::text)
+            PERFORM pg_notify({log_triggers.POSTGRES_CHANNEL}, instance_id::text)
             FROM (SELECT DISTINCT instance_id FROM new_logs) AS added;
             RETURN NULL;
         END $$"""],

@@ -1,5 +1,5 @@
 """Each log's seq: its place in its instance's log in the order logs commit
-(models.LOG_TRIGGERS), which the `after` cursor follows; and schema version
+(log_triggers.py), which the `after` cursor follows; and schema version
 8, which numbers the logs already there. On whichever engine the suite runs
 on; several processes appending at once: test_tail_servers.py."""
 import logging
