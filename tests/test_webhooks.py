@@ -196,3 +196,67 @@ def test_after_the_give_up_time_an_event_is_counted_failed_and_the_next_is_tried
         assert ids.index(second) > max(i for i, x in enumerate(ids) if x == first)
     finally:
         receiver.close()
+
+
+def run_passes(app, job, until, timeout=20):
+    """Passes of the delivery job until `until()` holds and no thread serves."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with app.app_context():
+            job.run_once()
+        if until() and not job.serving:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_lapsed_lease_is_taken_over_and_delivery_resumes_after_the_last_recorded_event(
+        app, client, make_instance, monkeypatch):
+    from test_fleet_servers import Receiver
+    from webhooks import delivery
+    from webhooks.store import Webhook
+
+    receiver = Receiver()
+    monkeypatch.setattr(delivery, "LEASE", timedelta(seconds=0.5))
+    try:
+        hook = client.post("/api/webhooks", json={"url": receiver.url}).get_json()
+        make_instance()
+        # A process that took the lease and died: it never sends nor renews.
+        dead = delivery.Delivery(app)
+        with app.app_context():
+            assert dead.lease(hook["id"], delivery.utcnow())
+        survivor = delivery.Delivery(app)
+        with app.app_context():
+            survivor.run_once()
+        assert not survivor.serving and receiver.delivered() == []
+        time.sleep(0.6)
+        make_instance()
+        assert run_passes(app, survivor, lambda: len(receiver.delivered()) == 2)
+        with app.app_context():
+            row = Webhook.get_by_id(hook["id"])
+        assert row.lease_owner is None and row.delivered == 2
+        events = [e["id"] for e in client.get("/api/events?after=p0&wait=2").get_json()]
+        assert receiver.delivered() == events
+    finally:
+        receiver.close()
+
+
+def test_more_events_than_a_batch_arrive_once_each_in_order(app, client, make_instance,
+                                                            monkeypatch):
+    from test_fleet_servers import Receiver
+    from webhooks import delivery
+
+    receiver = Receiver()
+    monkeypatch.setattr(delivery, "BATCH", 3)
+    try:
+        hook = client.post("/api/webhooks", json={"url": receiver.url}).get_json()
+        for _ in range(8):
+            make_instance()
+        job = delivery.Delivery(app)
+        assert run_passes(app, job, lambda: len(receiver.delivered()) >= 8)
+        events = [e["id"] for e in client.get("/api/events?after=p0&limit=100").get_json()]
+        assert receiver.delivered() == events and len(events) == 8
+        state = client.get(f"/api/webhooks/{hook['id']}").get_json()
+        assert (state["pending"], state["last_status"], state["last_error"]) == (0, 200, None)
+    finally:
+        receiver.close()
