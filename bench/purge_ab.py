@@ -37,12 +37,16 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 
-def run_purge(module_path):
+def run_purge(module_path, constants=""):
     """In a process of its own: `instance-api purge` with the purge module
-    at `module_path` (the settings from the environment)."""
+    at `module_path` (the settings from the environment), its constants
+    set as `constants` says (NAME=VALUE,...)."""
     spec = importlib.util.spec_from_file_location("purge_under_test", module_path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    for pair in filter(None, constants.split(",")):
+        name, value = pair.split("=")
+        setattr(module, name, type(getattr(module, name))(value))
     raise SystemExit(module.purge_command([]))
 
 
@@ -80,7 +84,8 @@ def one(seed, module, retention_text, retention, cells, seconds, load=True):
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("INSTANCES_")},
                "INSTANCES_DATABASE": str(work), "INSTANCES_LOG_RETENTION": retention_text}
         started = time.monotonic()
-        purge = subprocess.Popen([sys.executable, __file__, "run-purge", str(module)],
+        module, constants = module if isinstance(module, tuple) else (module, "")
+        purge = subprocess.Popen([sys.executable, __file__, "run-purge", str(module), constants],
                                  cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True)
         if load:
@@ -111,6 +116,10 @@ def main(argv):
     parser.add_argument("--cells", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=3)
     parser.add_argument("--retention", default="3d")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=SETTINGS",
+                        help="one more side: this tree's purge with constants of its "
+                             "module changed, e.g. pause5=PAUSE=0.005,TARGET=0.008")
+    parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--full", action="store_true",
                         help="also time each side's purge to its end, without load")
     args = parser.parse_args(argv)
@@ -121,9 +130,17 @@ def main(argv):
         ["git", "show", f"{args.baseline}:jobs/purge.py"], cwd=ROOT, check=True,
         capture_output=True, text=True).stdout)
     sides = {args.baseline: baseline, "this tree": ROOT / "jobs" / "purge.py"}
+    if args.no_baseline:
+        del sides[args.baseline]
+    for variant in args.variant:
+        name, constants = variant.split("=", 1)
+        sides[name] = (ROOT / "jobs" / "purge.py", constants)
     results = {name: [] for name in sides}
     for n in range(args.rounds):
-        order = list(sides) if n % 2 == 0 else list(sides)[::-1]
+        # Each round starts one side further on: every side goes first once
+        # in as many rounds as there are sides.
+        names = list(sides)
+        order = names[n % len(names):] + names[:n % len(names)]
         for name in order:
             got = one(args.seed, sides[name], args.retention, retention, args.cells,
                       args.seconds)
@@ -149,6 +166,6 @@ def main(argv):
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["run-purge"]:
-        run_purge(sys.argv[2])
+        run_purge(*sys.argv[2:4])
     else:
         main(sys.argv[1:])

@@ -86,8 +86,10 @@ class Pace:
     """The purge's transactions, sized by time and spaced out (see the
     module's docstring). `rows` is the size of the next one."""
 
-    def __init__(self, most=BATCH, target=TARGET, pause=PAUSE, stopping=None, lease=None):
-        self.most, self.target, self.pause = most, target, pause
+    def __init__(self, most=BATCH, target=None, pause=None, stopping=None, lease=None):
+        self.most = most
+        self.target = TARGET if target is None else target
+        self.pause = PAUSE if pause is None else pause
         self.rows = min(FIRST, most)
         self.stopping = stopping or threading.Event()
         self.lease = lease
@@ -120,7 +122,7 @@ class Purge:
     name = "purge"
 
     def __init__(self, interval=60.0, log_retention=None, max_per_instance=None,
-                 ended_retention=None, batch=BATCH, target=TARGET, pause=PAUSE):
+                 ended_retention=None, batch=BATCH, target=None, pause=None):
         self.interval, self.batch = interval, batch
         self.target, self.pause = target, pause
         self.log_retention, self.max_per_instance = log_retention, max_per_instance
