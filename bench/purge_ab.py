@@ -151,6 +151,8 @@ def main(argv):
                   f"{got['seconds']:.1f} s ({got['deleted'] / got['seconds']:.0f}/s), "
                   f"{got['left']} left; non-2xx {got['non_2xx']}", flush=True)
     for name, runs in results.items():
+        if not runs:
+            continue
         without = statistics.median(r["without"] for r in runs)
         during = statistics.median(r["during"] for r in runs)
         rate = statistics.median(r["deleted"] / r["seconds"] for r in runs)

@@ -14,7 +14,7 @@ import pytest
 import models
 from app import create_app
 from conftest import ROOT, assert_problem, clean_environment, database_for
-from jobs.lease import JobLease, Lease
+from jobs.lease import JobLease, Lease, LeaseLost
 from jobs.purge import Pace, Purge
 from storage.fields import utcnow
 from storage.ids import floor_id, id_time_ms
@@ -320,3 +320,17 @@ def test_a_stopped_purge_ends_between_transactions_and_gives_the_lease_back(
     assert len(messages(client, box)) == 6
     with models.db.connection_context():
         assert JobLease.get(JobLease.name == "purge").owner is None
+
+
+def test_a_lease_that_lapsed_and_was_taken_is_lost_to_its_first_owner(client):
+    mine, other = Lease("test", owner="a"), Lease("test", owner="b")
+    with models.db.connection_context():
+        assert mine.take() and mine.take()      # taken, then renewed
+        assert not other.take()
+        JobLease.update(lease_until=utcnow() - timedelta(seconds=1)).execute()
+        assert other.take()
+        mine.renewed -= 3600
+        with pytest.raises(LeaseLost):
+            mine.keep()
+        mine.release()                          # not its own any more: kept
+        assert other.holder()[0] == "b"
