@@ -33,7 +33,10 @@ them (206 ms p99 against 20 without). So (Pace):
   free when it wakes, not taken again by the next batch; in the server's
   own process, the threads queued on the writer lock get it. The purge
   thus holds the lock at most half the time, and a large purge takes
-  longer (about 1,500 logs a second on SQLite);
+  longer: 449,000 logs of a 500,000-log file in 466 s alone (275 s with
+  1,000-row batches), 400 to 600 logs a second under appends on a busy
+  two-core machine, with append p99 1.2 to 1.3x that without a purge
+  (12x with 1,000-row batches; bench/purge_ab.py);
 - the instances' log_count is lowered by one UPDATE per transaction (joined
   to the counts the DELETE returned), not one per instance: a batch of old
   logs spans almost as many instances as logs.
