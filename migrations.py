@@ -14,6 +14,7 @@ from playhouse.migrate import SchemaMigrator, migrate
 
 import feeds
 import search
+from jobs.lease import JobLease
 from log_triggers import create_triggers
 from models import (
     MODELS, Instance, InstanceLog, InstancePlan, SchemaVersion, recount_logs,
@@ -26,7 +27,7 @@ log = logging.getLogger("instance_api")
 
 # Files written by the first release have the tables but no schema_version.
 FIRST_VERSION = 1
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 
 
 class SchemaTooNew(Exception):
@@ -198,7 +199,8 @@ def number_logs(chunk=NUMBERING_CHUNK):
 # MIGRATIONS[n] takes a database at version n - 1 to version n; its
 # docstring is what the log says it does. New tables, indexes and triggers
 # need no entry: create_tables adds whatever is missing (version 4's sort
-# indexes, version 5's log counting trigger).
+# indexes, version 5's log counting trigger, version 12's job_lease table:
+# one purge at a time, jobs/lease.py).
 MIGRATIONS = {2: _add_plan_tree_and_times, 3: _count_logs_per_instance, 4: _canonical_json,
               6: _canonical_uuids, 7: _labels_and_search, 8: _sequence_logs,
               9: _lifecycle, 10: _count_instances, 11: _fleet_feeds}
@@ -231,6 +233,7 @@ def create_tables():
                     MIGRATIONS[step](migrator)
             db.create_tables(MODELS, safe=True)
             db.create_tables(webhook_models(), safe=True)
+            db.create_tables([JobLease], safe=True)
             feeds.create()
             create_triggers()
             counters.create()

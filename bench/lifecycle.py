@@ -16,7 +16,7 @@
   in ten are due, 890,000 at the large size) deletes them from another
   process. The purge of the large size takes minutes (327 s in a trial,
   under those appends), so it is stopped after the cells (SIGTERM: it
-  commits a batch at a time, and the batch in flight is rolled back); at
+  commits a batch at a time, and ends after the one in flight); at
   the small size it ends within the first cell, and the cells end with it.
   The p99 of each side is the median of its cells' p99s (wrk's percentiles
   cannot be merged);

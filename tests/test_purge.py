@@ -2,6 +2,8 @@
 exact after one (X-Total-Count, counts, label lists, the log sequence), the
 410 of a purged cursor, the settings, and `instance-api purge`. On whichever
 engine the suite runs on."""
+import os
+import re
 import subprocess
 import sys
 import uuid
@@ -12,7 +14,8 @@ import pytest
 import models
 from app import create_app
 from conftest import ROOT, assert_problem, clean_environment, database_for
-from jobs.purge import Purge
+from jobs.lease import JobLease, Lease, LeaseLost
+from jobs.purge import Pace, Purge
 from storage.fields import utcnow
 from storage.ids import floor_id, id_time_ms
 
@@ -224,3 +227,110 @@ def test_the_purge_command_counts_then_purges(client, make_instance, tmp_path):
     assert off.returncode == 0 and "Nothing to purge" in off.stdout
     bad = run_command(tmp_path, LOG_RETENTION="soon")
     assert bad.returncode == 2 and "INSTANCES_LOG_RETENTION" in bad.stderr
+
+
+# -- one purger at a time, and transactions sized by time --------------------
+
+def test_a_purge_stands_aside_while_another_process_holds_the_lease(client, make_instance):
+    box = make_instance()["id"]
+    append(client, box, *[f"m{n}" for n in range(5)])
+    first, second = Purge(max_per_instance=2), Purge(max_per_instance=2)
+    with models.db.connection_context():
+        assert first.lease.take()
+    assert purge(second) is None      # held: nothing done, nothing counted twice
+    assert messages(client, box) == [f"m{n}" for n in range(5)]
+    with models.db.connection_context():
+        first.lease.release()
+    assert purge(second) == {"excess_logs": 3}
+    # Given back at the end of the pass: the other may purge next.
+    assert purge(first) == {"excess_logs": 0}
+
+
+def test_a_lapsed_lease_is_taken_over(client, make_instance):
+    box = make_instance()["id"]
+    append(client, box, "a", "b", "c")
+    with models.db.connection_context():
+        JobLease.insert(name="purge", owner="dead-host:1:x",
+                        lease_until=utcnow() - timedelta(seconds=1)).execute()
+    assert purge(Purge(max_per_instance=1)) == {"excess_logs": 2}
+    with models.db.connection_context():
+        assert JobLease.get(JobLease.name == "purge").owner is None
+
+
+def test_a_forked_worker_is_an_owner_of_its_own(monkeypatch):
+    lease = Lease("purge")
+    parent = lease.owner
+    assert lease.owner == parent
+    monkeypatch.setattr(os, "getpid", lambda: -1)
+    assert lease.owner != parent
+
+
+def test_two_purges_at_once_delete_each_log_once(client, make_instance, tmp_path):
+    boxes = [make_instance(name=f"b{n}")["id"] for n in range(3)]
+    for box in boxes:
+        append(client, box, *[f"m{n}" for n in range(40)])
+    models.db.close_all()
+    database = database_for(tmp_path / "t.db")
+    env = {**clean_environment(), **{f"INSTANCES_{key}": str(value) for key, value in
+                                     {**database, "LOG_MAX_PER_INSTANCE": 5}.items()}}
+    runs = [subprocess.Popen([sys.executable, str(ROOT / "server.py"), "purge"], env=env,
+                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for _ in range(2)]
+    outs = [run.communicate(timeout=60) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outs
+    deleted = [int(re.search(r"Deleted (\d+) excess logs", out).group(1)) for out, _ in outs]
+    assert sum(deleted) == 3 * 35
+    for box in boxes:
+        assert messages(client, box) == [f"m{n}" for n in range(35, 40)]
+        assert seqs(box) == list(range(36, 41))
+    with models.db.connection_context():
+        assert {str(key): count for key, count in models.Instance.select(
+            models.Instance.id, models.Instance.log_count).tuples()} == {
+            box: 5 for box in boxes}
+
+
+def test_transactions_are_sized_by_the_time_they_hold_the_lock(client, monkeypatch):
+    pace = Pace(most=100, target=0.005, pause=0)
+    assert pace.rows == 20
+    clock = iter([0.0, 0.02, 1.0, 1.02, 2.0, 2.001, 3.0, 3.001, 4.0, 4.001, 5.0, 5.001])
+    monkeypatch.setattr("jobs.purge.time.perf_counter", lambda: next(clock))
+    sizes = []
+    with models.db.connection_context():
+        for _ in range(6):
+            with pace.transaction():
+                pass
+            sizes.append(pace.rows)
+    # 20 ms for 20 rows: halved (a step at most), twice; then 1 ms: doubled
+    # up to `most`, never past it.
+    assert sizes == [10, 5, 10, 20, 40, 80]
+    pace.rows = 100
+    clock = iter([0.0, 0.0001])
+    with models.db.connection_context(), pace.transaction():
+        pass
+    assert pace.rows == 100
+
+
+def test_a_stopped_purge_ends_between_transactions_and_gives_the_lease_back(
+        client, make_instance):
+    box = make_instance()["id"]
+    append(client, box, *[f"m{n}" for n in range(6)])
+    job = Purge(max_per_instance=1, batch=2)
+    job.stop()
+    assert purge(job) == {"excess_logs": 0}
+    assert len(messages(client, box)) == 6
+    with models.db.connection_context():
+        assert JobLease.get(JobLease.name == "purge").owner is None
+
+
+def test_a_lease_that_lapsed_and_was_taken_is_lost_to_its_first_owner(client):
+    mine, other = Lease("test", owner="a"), Lease("test", owner="b")
+    with models.db.connection_context():
+        assert mine.take() and mine.take()      # taken, then renewed
+        assert not other.take()
+        JobLease.update(lease_until=utcnow() - timedelta(seconds=1)).execute()
+        assert other.take()
+        mine.renewed -= 3600
+        with pytest.raises(LeaseLost):
+            mine.keep()
+        mine.release()                          # not its own any more: kept
+        assert other.holder()[0] == "b"
