@@ -7,6 +7,7 @@ search. The rest of the code asks the small functions here rather than
 looking at the engine itself. Not here: the column types (fields), the
 write path (writes) and the read path (reads).
 """
+import select
 import threading
 import time
 from contextlib import contextmanager
@@ -147,6 +148,20 @@ class PooledPostgres(PooledPostgresqlDatabase):
     """PostgreSQL connections are shared out by a pool: a server has fewer
     sessions to give than a few processes of threads would keep."""
 
+    def _is_closed(self, conn):
+        # peewee asks the server (SELECT 1) on every check-out of an idle
+        # connection: a round trip per request, half of a GET by id's
+        # (bench/roundtrips.py). A session the server ended (a restart,
+        # pg_terminate_backend, idle_session_timeout) has said so on the
+        # socket, which a poll finds without asking; only then is the
+        # server asked. A peer that vanished without a word fails the ping
+        # and the request alike, after the same TCP timeout.
+        adapter = self._adapter
+        if (not conn.closed and adapter.txn_status(conn) == adapter.txn_idle
+                and not _readable(conn.pgconn.socket)):
+            return False
+        return super()._is_closed(conn)
+
     def release(self):
         """Give the connection back to the pool (rolled back if need be)."""
         if not self.is_closed():
@@ -162,6 +177,13 @@ class PooledPostgres(PooledPostgresqlDatabase):
         import psycopg
 
         return psycopg.connect(conninfo=self.database, autocommit=True, **self.connect_params)
+
+
+def _readable(fd):
+    """Whether the socket `fd` has something to read now (or was closed)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 # The oldest SQLite the statements run on: concat() came in 3.44, deleting
