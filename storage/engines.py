@@ -211,7 +211,7 @@ class LimitedPostgres(PooledPostgres):
                          stale_timeout=parent._stale_timeout, field_types=parent._field_types,
                          **params)
         # What the code reading through `db` finds on the database it is.
-        for name in ("writer", "tail", "shapes", "readers", "text_timestamps"):
+        for name in ("writer", "tail", "shapes", "text_timestamps"):
             setattr(self, name, getattr(parent, name))
 
     def limited(self, milliseconds):
@@ -292,7 +292,7 @@ def open_postgres(url, busy_timeout=5.0):
     # one session: 466 req/s queued, 332-371 without).
     database.writer = Writer(busy_timeout)
     database.tail = Tail()
-    database.shapes, database.readers = Shapes(), {}
+    database.shapes = Shapes()
     database.text_timestamps = False
     # jsonb keeps numbers as NUMERIC and writes 1e20 back as 100000000000000000000;
     # psycopg's default loader (json) would make that an int wider than 64
