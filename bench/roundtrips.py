@@ -4,15 +4,19 @@ message the driver sends and receives), with the app called in-process as
 bench/profile.py calls it. Counts, not times: the same on a busy machine.
 
     python bench/roundtrips.py postgresql://postgres@127.0.0.1:5432/DB [OP ...] [--show]
+    python bench/roundtrips.py URL --instructions OP ...
 
 DB is a seeded database (bench/seed.py small URL); the writes change it.
 A round trip is a message that makes the server answer (a simple Query, or
 the Sync that ends an extended-protocol exchange); each Parse is a
 statement prepared, each Bind one run. --show prints each request's
-messages.
+messages. --instructions counts the service's CPU instructions per request
+instead (this process only, not the server's), under callgrind as
+bench/profile.py --instructions does, to compare with SQLite's there.
 """
 import os
 import re
+import subprocess
 import sys
 import tempfile
 import uuid
@@ -73,8 +77,28 @@ def summary(sent):
             "parses": kinds["Parse"], "binds": kinds["Bind"]}
 
 
+def instructions(url, names, calls=200):
+    """Instructions per request of each operation, each in a process of its
+    own under callgrind, instrumented for the measured calls only."""
+    for name in names:
+        done = subprocess.run(
+            ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--callgrind-out-file=/dev/null",
+             sys.executable, __file__, url, name, f"--under-callgrind={calls}"],
+            capture_output=True, text=True, check=True)
+        counted = int(re.search(r"Collected : (\d+)", done.stderr).group(1))
+        print(f"{name:16} {counted / calls:12,.0f} instructions/request", flush=True)
+
+
+def toggle_instrumentation(state):
+    subprocess.run(["callgrind_control", "-i", state, str(os.getpid())], check=True,
+                   capture_output=True)
+
+
 def main(url, *names):
     show = "--show" in names
+    flags = dict(name.lstrip("-").partition("=")[::2] for name in names if name.startswith("--"))
+    if "instructions" in flags:
+        return instructions(url, [name for name in names if not name.startswith("--")])
     names = [name for name in names if not name.startswith("--")]
     ops = operations(url)
     os.environ["INSTANCES_DATABASE_URL"] = url
@@ -90,7 +114,8 @@ def main(url, *names):
         conn.pgconn.set_trace_flags(Trace.SUPPRESS_TIMESTAMPS | Trace.REGRESS_MODE)
         return conn
 
-    type(database)._connect = traced_connect
+    if "under-callgrind" not in flags:
+        type(database)._connect = traced_connect
     database.close_all()   # connections made from here on are traced
 
     def call(method, path, body):
@@ -104,6 +129,15 @@ def main(url, *names):
     prepared = {}
     for name in names or ops:
         method, path, body = ops[name]
+        if "under-callgrind" in flags:
+            runs = int(flags["under-callgrind"])
+            for _ in range(runs):
+                call(method, path, body)
+            toggle_instrumentation("on")
+            for _ in range(runs):
+                call(method, path, body)
+            toggle_instrumentation("off")
+            continue
         for _ in range(CALLS):
             call(method, path, body)
         trace.flush()
