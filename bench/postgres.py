@@ -41,7 +41,8 @@ def admin(base_url):
 
 def seeded(size, base_url, seed_name, schema_version):
     """The URL of a fresh working copy of the size's seeded database."""
-    pristine = f"bench_{size}_{seed_name}_v{schema_version}"
+    # "_vacuumed": seeds made before vacuum() are made again.
+    pristine = f"bench_{size}_{seed_name}_v{schema_version}_vacuumed"
     with admin(base_url) as conn:
         names = {name for name, in conn.execute("SELECT datname FROM pg_database")}
         if pristine not in names:
@@ -53,10 +54,23 @@ def seeded(size, base_url, seed_name, schema_version):
             conn.execute(f"CREATE DATABASE bench_{size}_seeding")
             subprocess.run([sys.executable, str(HERE / "seed.py"), size,
                             f"{base_url}/bench_{size}_seeding"], check=True)
+            vacuum(f"{base_url}/bench_{size}_seeding")
             conn.execute(f'ALTER DATABASE bench_{size}_seeding RENAME TO "{pristine}"')
         conn.execute(f"DROP DATABASE IF EXISTS bench_{size} WITH (FORCE)")
         conn.execute(f'CREATE DATABASE bench_{size} TEMPLATE "{pristine}"')
     return f"{base_url}/bench_{size}"
+
+
+def vacuum(url):
+    """What autovacuum would have done to a database in service: the seed
+    leaves the instance table seven parts dead in eight (recount_logs
+    rewrites every row), no visibility map and no planner statistics, and
+    autovacuum never sees the copies, which start with their counters at
+    zero. The filtered list then read 400 heap rows for its 98 (5.4 ms
+    against 0.2 ms, EXPLAIN ANALYZE, small). The template keeps both."""
+    import psycopg
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM (ANALYZE)")
 
 
 def pick(url):

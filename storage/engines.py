@@ -7,6 +7,7 @@ search. The rest of the code asks the small functions here rather than
 looking at the engine itself. Not here: the column types (fields), the
 write path (writes) and the read path (reads).
 """
+import select
 import threading
 import time
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ from peewee import SQL, Cast, DatabaseError, Node, NodeList, SqliteDatabase, Val
 from playhouse.cysqlite_ext import CySqliteDatabase
 from playhouse.pool import PooledPostgresqlDatabase
 
-from storage import db
+from storage import current, db
 from storage.shapes import Shapes
 from storage.tail import Listening, Polling, Tail
 from storage.writes import Writer, WriterBusy
@@ -147,6 +148,24 @@ class PooledPostgres(PooledPostgresqlDatabase):
     """PostgreSQL connections are shared out by a pool: a server has fewer
     sessions to give than a few processes of threads would keep."""
 
+    def _is_closed(self, conn):
+        # peewee asks the server (SELECT 1) on every check-out of an idle
+        # connection: a round trip per request, half of a GET by id's
+        # (bench/roundtrips.py). A session the server ended (a restart,
+        # pg_terminate_backend, idle_session_timeout) has said so on the
+        # socket, which a poll finds without asking; only then is the
+        # server asked. A peer that vanished without a word fails the ping
+        # and the request alike, after the same TCP timeout.
+        adapter = self._adapter
+        if (not conn.closed and adapter.txn_status(conn) == adapter.txn_idle
+                and not _readable(conn.pgconn.socket)):
+            return False
+        return super()._is_closed(conn)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.limits, self._limits_lock = {}, threading.Lock()
+
     def release(self):
         """Give the connection back to the pool (rolled back if need be)."""
         if not self.is_closed():
@@ -154,7 +173,24 @@ class PooledPostgres(PooledPostgresqlDatabase):
 
     def close_all(self):
         self.tail.stop()
+        for limited in list(self.limits.values()):
+            limited.close_all()
         super().close_all()
+
+    def limited(self, milliseconds):
+        """This database with statement_timeout `milliseconds` (read_limit):
+        a pool of its own, whose sessions are opened with the setting.
+        Setting it on a shared session and resetting it after were two round
+        trips of a list's four (bench/roundtrips.py). A list request reads
+        from this pool alone, so a thread holds one session at a time; the
+        idle sessions kept are at most a thread's worth per pool."""
+        found = self.limits.get(milliseconds)
+        if found is None:
+            with self._limits_lock:
+                found = self.limits.get(milliseconds)
+                if found is None:
+                    found = self.limits[milliseconds] = LimitedPostgres(self, milliseconds)
+        return found
 
     def unpooled_connection(self):
         """A psycopg connection of its own, in autocommit: the log watcher's,
@@ -162,6 +198,34 @@ class PooledPostgres(PooledPostgresqlDatabase):
         import psycopg
 
         return psycopg.connect(conninfo=self.database, autocommit=True, **self.connect_params)
+
+
+class LimitedPostgres(PooledPostgres):
+    """The sessions of `parent`'s limited reads (PooledPostgres.limited):
+    the same server, settings and shared state, statement_timeout added."""
+
+    def __init__(self, parent, milliseconds):
+        params = dict(parent.connect_params)
+        params["options"] = f"{params.get('options', '')} -c statement_timeout={milliseconds}"
+        super().__init__(parent.database, prefer_psycopg3=True, max_connections=None,
+                         stale_timeout=parent._stale_timeout, field_types=parent._field_types,
+                         **params)
+        # What the code reading through `db` finds on the database it is.
+        for name in ("writer", "tail", "shapes", "text_timestamps"):
+            setattr(self, name, getattr(parent, name))
+
+    def limited(self, milliseconds):
+        raise TypeError("a limited read inside another")
+
+    def close_all(self):
+        super(PooledPostgres, self).close_all()
+
+
+def _readable(fd):
+    """Whether the socket `fd` has something to read now (or was closed)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 # The oldest SQLite the statements run on: concat() came in 3.44, deleting
@@ -228,7 +292,7 @@ def open_postgres(url, busy_timeout=5.0):
     # one session: 466 req/s queued, 332-371 without).
     database.writer = Writer(busy_timeout)
     database.tail = Tail()
-    database.shapes, database.readers = Shapes(), {}
+    database.shapes = Shapes()
     database.text_timestamps = False
     # jsonb keeps numbers as NUMERIC and writes 1e20 back as 100000000000000000000;
     # psycopg's default loader (json) would make that an int wider than 64
@@ -266,9 +330,10 @@ def read_limit(seconds):
 
     SQLite: the connection's progress handler, set for the duration and
     taken off after, compares the clock to the deadline; SQLite stops the
-    statement when it says so. PostgreSQL: statement_timeout on the session
-    for the duration (each statement has the whole limit), reset after so
-    that the pooled connection serves writes unlimited."""
+    statement when it says so. PostgreSQL: the statements run on a session
+    opened with statement_timeout (each statement has the whole limit),
+    from a pool of its own (PooledPostgres.limited), so that no session
+    serving writes is ever limited and none is set and reset per read."""
     if not seconds:
         yield
         return
@@ -280,14 +345,15 @@ def read_limit(seconds):
             deadline = time.monotonic() + seconds
             conn.progress(lambda: time.monotonic() > deadline, PROGRESS_STEPS)
         else:
-            database.execute_sql(f"SET statement_timeout = {max(1, round(seconds * 1000))}")
+            token = current.set(database.limited(max(1, round(seconds * 1000))))
         try:
             yield
         finally:
             if sqlite:
                 conn.progress(None)
-            elif not database.is_closed():
-                database.execute_sql("RESET statement_timeout")
+            else:
+                db.release()
+                current.reset(token)
     except DatabaseError as exc:
         if any(word in str(exc) for word in STOPPED):
             raise ReadTimeout(seconds) from exc

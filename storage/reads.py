@@ -11,7 +11,7 @@ from peewee import Entity, Node, UUIDField
 
 from storage import db
 from storage.engines import is_sqlite
-from storage.fields import ObjectField, UTCDateTimeField, rfc3339
+from storage.fields import ObjectField, UTCDateTimeField
 
 
 class Slot(Node):
@@ -115,15 +115,7 @@ def counted_representations(model, shape, build, values, count=None, wire=None):
         total, text, length, last = db.execute_sql(sql, bind(params, values)).fetchone()
         return total, Written(text, length, last and last.rpartition(",")[2])
     if not is_sqlite():
-        found = None if count is None else run(("count", *shape), count, values).fetchone()
-        total = found and found[0]   # no row: a nested list's missing instance
-        readers = db.readers.get(model)
-        if readers is None:
-            readers = db.readers[model] = [(field.column_name, wire_reader(field))
-                                           for field in model._meta.sorted_fields]
-        return total, [{name: value if read is None or value is None else read(value)
-                        for (name, read), value in zip(readers, row)}
-                       for row in run(shape, build, values)]
+        return postgres_rows(model, shape, build, values, count, wire)
     sql, params = compiled(("json rows", count is None, *shape), lambda: json_rows(
         model, build().sql(), None if count is None else count().sql()))
     total, text = db.execute_sql(sql, bind(params, values)).fetchone()
@@ -169,6 +161,71 @@ def written_rows(model, wire, select, count=None):
             [*count_params, *params])
 
 
+def postgres_rows(model, shape, build, values, count, wire):
+    """PostgreSQL's counted_representations: one statement (wire_rows), its
+    rows as dicts of JSON values, or with `wire` as a `Written` page that
+    Python writes out once, as SQLite's written_rows does in SQL: neither a
+    dict per row for the schema nor the schema's own copy of it (a third of
+    a list page's instructions in-process, bench/roundtrips.py)."""
+    names = [column for _, column in wire] if wire is not None else columns(model)[0]
+    sql, params = compiled(("wire rows", count is None, wire is None, *shape), lambda: wire_rows(
+        model, names, build().sql(), None if count is None else count().sql()))
+    found = db.execute_sql(sql, bind(params, values)).fetchall()
+    total, skip = None, 0
+    if count is not None:
+        if not found:
+            # An empty page says nothing of the count: read on its own.
+            found = run(("count", *shape), count, values).fetchone()
+            return found and found[0], []   # no row: a nested list's missing instance
+        total, skip = found[0][0], 1
+    objects = [index for index, name in enumerate(names) if name in columns(model)[1]]
+    keys = [key for key, _ in wire] if wire is not None else names
+    rows = []
+    for row in found:
+        row = list(row[skip:])
+        for index in objects:
+            if row[index] is not None:
+                row[index] = sorted_json(row[index])
+        rows.append(dict(zip(keys, row)))
+    if wire is None:
+        return total, rows
+    return total, Written(orjson.dumps(rows), len(rows), rows[-1][keys[names.index("id")]]
+                          if rows else None)
+
+
+def sorted_json(text):
+    """PostgreSQL: a jsonb value's text as the API writes it, keys sorted at
+    every depth and numbers as orjson reads them (schema_fields.JSONObject,
+    storage.engines.open_postgres)."""
+    return orjson.Fragment(orjson.dumps(orjson.loads(text), option=orjson.OPT_SORT_KEYS))
+
+
+def wire_rows(model, names, select, count=None):
+    """PostgreSQL: one statement for the compiled `select` (a model.select()):
+    its columns `names` and, before them on every row, the compiled `count`
+    query's value (an init plan, run once): one round trip for a list page,
+    not two. Ids and timestamps come as the text the API writes: psycopg
+    would make a UUID and a datetime of each, only for Python to write them
+    out again; JSON objects as text, for sorted_json."""
+    fields = {field.column_name: field for field in model._meta.sorted_fields}
+    (sql, params), (count_sql, count_params) = select, count or (None, [])
+    values = ", ".join(_postgres_wire_value(fields[name], f'"row"."{name}"') for name in names)
+    total = "" if count_sql is None else f"({count_sql}), "
+    return f'SELECT {total}{values} FROM ({sql}) AS "row"', [*count_params, *params]
+
+
+def _postgres_wire_value(field, column):
+    field = getattr(field, "rel_field", field)
+    if isinstance(field, UUIDField):
+        return f"{column}::text"
+    if isinstance(field, UTCDateTimeField):
+        # rfc3339's form: UTC, always six digits of microseconds.
+        return f"""to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')"""
+    if isinstance(field, ObjectField):
+        return f"{column}::text"
+    return column
+
+
 def _sqlite_json_text(field, column):
     """SQLite: the JSON text of a column's value, as the API writes it."""
     if isinstance(getattr(field, "rel_field", field), ObjectField):
@@ -193,13 +250,3 @@ def columns(model):
     fields = model._meta.sorted_fields
     return ([field.column_name for field in fields],
             [field.column_name for field in fields if isinstance(field, ObjectField)])
-
-
-def wire_reader(field):
-    """PostgreSQL: how a raw value of `field` becomes its JSON value."""
-    field = getattr(field, "rel_field", field)
-    if isinstance(field, UUIDField):
-        return str
-    if isinstance(field, UTCDateTimeField):
-        return rfc3339
-    return None   # the driver gives JSON objects parsed, numbers and text as they are

@@ -16,6 +16,7 @@ import migrations
 import models
 from app import create_app
 from conftest import POSTGRES_URL, ROOT, SITE, USER, Server, call, clean_environment, connect
+from storage.engines import _readable as readable
 from conftest import (
     database_for, send, undo_part_4, undo_log_sequence, undo_version_7,
 )
@@ -193,6 +194,26 @@ def test_a_row_locked_past_the_busy_timeout_is_a_503_then_recovers(tmp_path):
         assert resp.get_json()["name"] == "late"
     finally:
         models.db.close_all()
+
+
+@postgres_only
+def test_a_pooled_session_the_server_ended_is_replaced_unseen(client, instance):
+    """A check-out asks the server nothing (no SELECT 1 per request); a
+    session the server ended meanwhile is found on its socket and replaced,
+    and the request it would have served is answered all the same."""
+    import psycopg
+
+    url = f"/api/instances/{instance['id']}"
+    assert client.get(url).status_code == 200
+    [(_, _, pooled)] = models.db.obj._connections
+    with psycopg.connect(models.db.obj.database, autocommit=True) as other:
+        other.execute("SELECT pg_terminate_backend(%s)", (pooled.pgconn.backend_pid,))
+    deadline = time.monotonic() + 5
+    while not readable(pooled.pgconn.socket) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for _ in range(3):
+        assert client.get(url).status_code == 200
+    assert all(conn is not pooled for _, _, conn in models.db.obj._connections)
 
 
 # -- the same round trip on both engines -------------------------------------------
