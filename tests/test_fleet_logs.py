@@ -10,6 +10,7 @@ import pytest
 
 import feed_reads
 from conftest import SITE, assert_problem, random_id
+from labels import parse_selectors
 from storage import db
 
 OTHER_SITE = "0f8fad5b-d9cb-469f-a165-70867728950e"
@@ -183,3 +184,28 @@ def test_site_id_is_an_instance_filter_that_matches_nothing_for_an_unknown_site(
     resp = client.get(f"/api/logs?site_id={random_id()}")
     assert messages(resp) == [] and resp.headers["X-Total-Count"] == "0"
     assert client.get(f"/api/logs?site_id={SITE}").headers["X-Total-Count"] == "4"
+
+
+@pytest.mark.parametrize("query", ["label=env%3Dprod", "label=team", f"site_id={SITE}"])
+def test_a_label_or_site_most_of_the_fleet_has_pages_the_same_read_in_order(
+        app, client, make_instance, query):
+    # A fifth of 30 instances has env=prod: on SQLite the page reads the
+    # logs newest first and tests each one's instance (reads_in_order)
+    # rather than sort every log of the matching instances; the same rows.
+    made = [make_instance(name=f"i{n}", labels={"env": "prod"} if n % 5 == 0 else {"team": "x"})
+            for n in range(30)]
+    for round_ in range(2):
+        for instance in made:
+            assert client.post(f"/api/instances/{instance['id']}/logs", json={
+                "log_type": "system", "message": f"{instance['name']} {round_}"}).status_code == 201
+    key = query.split("=")[1].split("%")[0]
+    wanted = [f"{i['name']} {r}" for r in (1, 0) for i in reversed(made)
+              if key == SITE or key in i["labels"]]
+    pages = []
+    for offset in range(0, len(wanted) + 4, 4):
+        pages += messages(client.get(f"/api/logs?{query}&limit=4&offset={offset}"))
+    assert pages == wanted
+    with app.app_context():
+        planned = feed_reads.Query(feed_reads.LOGS, {
+            "label": tuple(parse_selectors("env=prod"))}).reads_in_order(4)
+    assert planned is feed_reads.is_sqlite()
