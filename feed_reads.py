@@ -206,13 +206,9 @@ class Query:
         parts, params = ["(SELECT max(rowid) FROM instance)",
                          "(SELECT max(rowid) FROM instance_log)"], []
         for selector in selectors:
-            if selector.op == EQUALS:
-                parts.append("(SELECT instances FROM instance_label_count "
-                             "WHERE key = ? AND value = ?)")
-                params += [selector.key, selector.value]
-            else:
-                parts.append("(SELECT instances FROM instance_label_key_count WHERE key = ?)")
-                params.append(selector.key)
+            part, values = search.matched_count(selector)
+            parts.append(part)
+            params += values
         table, logs, *matched = db.execute_sql(f"SELECT {', '.join(parts)}", params).fetchone()
         fewest = min([size or 0 for size in matched]
                      + ([search.NARROWED] if "site_id" in self.narrowing else []))

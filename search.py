@@ -400,6 +400,15 @@ class Plan(NamedTuple):
     ordered: bool = False
 
 
+def matched_count(selector):
+    """SQLite: a scalar subquery of the instances a positive `selector`
+    matches, read from the label counters, and its parameters."""
+    if selector.op == EQUALS:
+        return ("(SELECT instances FROM instance_label_count WHERE key = ? AND value = ?)",
+                [selector.key, selector.value])
+    return "(SELECT instances FROM instance_label_key_count WHERE key = ?)", [selector.key]
+
+
 def plan(selectors, search, wanted, only_labels, narrowed, newest_first):
     """SQLite: which of the positive `selectors` (by index) or the `search`
     (search_values, as "q") drives a page of `wanted` rows (limit + offset)
@@ -419,13 +428,9 @@ def plan(selectors, search, wanted, only_labels, narrowed, newest_first):
         return Plan(alone=alone)
     parts, params = ["(SELECT max(rowid) FROM instance)"], []
     for _, selector in candidates:
-        if selector.op == EQUALS:
-            parts.append("(SELECT instances FROM instance_label_count "
-                         "WHERE key = ? AND value = ?)")
-            params += [selector.key, selector.value]
-        else:
-            parts.append("(SELECT instances FROM instance_label_key_count WHERE key = ?)")
-            params.append(selector.key)
+        part, values = matched_count(selector)
+        parts.append(part)
+        params += values
     if searching:
         parts.append('(SELECT count(*) FROM (SELECT 1 FROM "instance_search" '
                      'WHERE "instance_search" MATCH ? LIMIT ?))')
