@@ -73,13 +73,14 @@ def call(app, environ):
     assert statuses[0][0] == "2", (statuses, body[:300])
 
 
-def instructions(source, wanted, calls=200):
+def count_instructions(source, wanted, calls=200, script=__file__):
     """Instructions per request of each operation in `wanted`, each in a
-    process of its own under callgrind."""
+    process of its own (`script` run with `--under-callgrind`) under
+    callgrind."""
     for op in wanted:
         done = subprocess.run(
             ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--callgrind-out-file=/dev/null",
-             sys.executable, __file__, source, op, f"--under-callgrind={calls}"],
+             sys.executable, script, source, op, f"--under-callgrind={calls}"],
             capture_output=True, text=True, check=True)
         counted = int(re.search(r"Collected : (\d+)", done.stderr).group(1))
         print(f"{op:16} {counted / calls:12,.0f} instructions/request", flush=True)
@@ -94,7 +95,7 @@ def main(source, *wanted):
     flags = dict(flag.lstrip("-").partition("=")[::2] for flag in wanted if flag.startswith("--"))
     wanted = [op for op in wanted if not op.startswith("--")]
     if "instructions" in flags:
-        return instructions(source, wanted, int(flags["instructions"] or 200))
+        return count_instructions(source, wanted, int(flags["instructions"] or 200))
     # As `instance-api serve` logs (one access line per request), but to
     # nowhere: the cost of writing the line is counted, not the terminal's.
     configure_logging(stream=open(os.devnull, "w"))

@@ -16,7 +16,6 @@ bench/profile.py --instructions does, to compare with SQLite's there.
 """
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import uuid
@@ -28,6 +27,7 @@ from werkzeug.test import EnvironBuilder
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app import create_app  # noqa: E402
+from bench.profile import count_instructions, toggle_instrumentation  # noqa: E402
 
 SITE, USER = "5b0c6b52-3c6b-4a55-8f6e-0d7c3a1e9a01", "9d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6"
 LOG = {"log_type": "agent_action", "message": "clicked the button", "details": {"x": 1}}
@@ -78,20 +78,8 @@ def summary(sent):
 
 
 def instructions(url, names, calls=200):
-    """Instructions per request of each operation, each in a process of its
-    own under callgrind, instrumented for the measured calls only."""
-    for name in names:
-        done = subprocess.run(
-            ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--callgrind-out-file=/dev/null",
-             sys.executable, __file__, url, name, f"--under-callgrind={calls}"],
-            capture_output=True, text=True, check=True)
-        counted = int(re.search(r"Collected : (\d+)", done.stderr).group(1))
-        print(f"{name:16} {counted / calls:12,.0f} instructions/request", flush=True)
-
-
-def toggle_instrumentation(state):
-    subprocess.run(["callgrind_control", "-i", state, str(os.getpid())], check=True,
-                   capture_output=True)
+    """Instructions per request of each operation, as profile.py counts them."""
+    count_instructions(url, names, calls, script=__file__)
 
 
 def main(url, *names):

@@ -5,15 +5,18 @@ active webhook has still to deliver (CONTRACT 4.7).
 
 Deleted in feed order (feeds.py), so what is gone is always the oldest part
 of the feed, and the position of the last event deleted is recorded
-(feeds.mark_purged): a cursor older than it answers 410. Safe to run in
-every process at once: each batch is a DELETE of rows read in the same
-write transaction, and the mark never moves back.
+(feeds.mark_purged): a cursor older than it answers 410. One process of
+all workers and hosts does a pass at a time, holding the `event-purge`
+lease (jobs/lease.py); the others skip theirs. Copies that overlap anyway
+(a lapsed lease) stay correct: each batch is a DELETE of rows read in the
+same write transaction, and the mark never moves back.
 """
 
 from peewee import Cast, Tuple
 
 from feed_reads import EVENTS
 from feeds import Event, Position, mark_purged
+from jobs.lease import Lease
 from storage.engines import is_sqlite
 from storage.fields import utcnow
 from storage.reads import Slot, run
@@ -29,15 +32,23 @@ class EventPurge:
     def __init__(self, app):
         self.interval = app.config["EVENT_PURGE_INTERVAL"]
         self.retention = app.config["EVENT_RETENTION"]
+        self.lease = Lease("event-purge")
 
     def run_once(self):
-        """Purge until nothing is due; the number of events deleted."""
-        deleted = 0
-        while True:
-            count = self.batch()
-            deleted += count
-            if count < BATCH:
-                return deleted
+        """Purge until nothing is due; the number of events deleted (0 when
+        another process holds the lease)."""
+        if not self.lease.take():
+            return 0
+        try:
+            deleted = 0
+            while True:
+                self.lease.keep()
+                count = self.batch()
+                deleted += count
+                if count < BATCH:
+                    return deleted
+        finally:
+            self.lease.release()
 
     def batch(self):
         cutoff = utcnow() - self.retention
