@@ -8,9 +8,10 @@ the instance-scoped lists (routes/lists.py), whose filter machinery this
 reuses.
 """
 import orjson
-from peewee import SQL, Cast, Column, Expression, Tuple, fn
+from peewee import JOIN, SQL, Cast, Column, Expression, Tuple, fn
 
 import search
+from search import InstanceLabel
 from feeds import Event, Position
 from labels import DIFFERS, EQUALS, HAS, POSITIVE
 from models import Instance, InstanceLog
@@ -21,6 +22,9 @@ from storage.reads import IndexedBy, Slot, bind, compiled, run
 
 # X-Total-Count is exact up to this many rows, and left out beyond.
 COUNT_LIMIT = 10_000
+# How many matching instances a count of logs by instance reads at most
+# (Query.count_by_instances): enough for COUNT_LIMIT at ten logs each.
+BY_INSTANCES = 1_001
 
 
 class Source:
@@ -124,14 +128,24 @@ class Query:
                 Instance.select(SQL("1")), None).where(
                     Instance.id == self.source.model.instance)))
         elif self.instances is not None:
-            # Through the label index when a selector says what to have
-            # (search.selector_condition), the instance's filter indexes else.
-            labels = dict((name, form) for name, form, _ in self.instances.forms).get("label")
-            drive = next((index for index, (op, _) in enumerate(labels or ())
-                          if op in POSITIVE), None)
             found.append(self.source.model.instance.in_(
-                self.instances.where(Instance.select(Instance.id), drive)))
+                self.matching_instances(Instance.select(Instance.id))))
         return found
+
+    def matching_instances(self, query):
+        """`query` (on Instance) narrowed to the instances the filters match:
+        through the label index when a selector says what to have
+        (search.selector_condition), the instance's filter indexes else."""
+        return self.instances.where(query, self.drive())
+
+    def label_forms(self):
+        """The instances' label selectors, as (op, width) each."""
+        return dict((name, form) for name, form, _ in self.instances.forms).get("label") or ()
+
+    def drive(self):
+        """The index of the first label selector that says what to have."""
+        return next((index for index, (op, _) in enumerate(self.label_forms())
+                     if op in POSITIVE), None)
 
     def select(self):
         model = self.source.model
@@ -139,6 +153,11 @@ class Query:
 
     def count(self):
         """The number of matching rows, or None beyond COUNT_LIMIT."""
+        if self.source is LOGS and self.instances is not None and not self.rows.forms:
+            total = self.count_by_instances()
+            if total is not False:
+                return total
+
         def build():
             conditions = self.conditions()
             inner = self.source.model.select(SQL("1"))
@@ -149,6 +168,40 @@ class Query:
         sql, params = compiled(("feed count", self.source.model, self.shape), build)
         total = db.execute_sql(sql, bind(params, self.values)).fetchone()[0]
         return None if total > COUNT_LIMIT else total
+
+    def count_by_instances(self):
+        """Logs filtered by their instance alone: the count from the
+        instances' log_count (kept in the writes' transactions, so as exact
+        as counting the logs), read for up to BY_INSTANCES of them. Counting
+        the logs reads up to COUNT_LIMIT of them, each tested for its
+        instance's labels: 16 ms at the large size for a page that takes
+        1 ms. None when the count is past COUNT_LIMIT, False when these
+        instances cannot tell (more of them, with few logs): count the logs."""
+        def build():
+            drive = self.drive() if is_sqlite() else None
+            if drive is not None:
+                # From the label index, each instance looked up in turn: as
+                # `IN (...)`, SQLite lists every instance with the label
+                # before the LIMIT can stop it (6.3 ms for env=prod at the
+                # large size, against 1.9 ms). The conditions test the
+                # selector again, a lookup by primary key.
+                op, width = self.label_forms()[drive]
+                query = InstanceLabel.select(Instance.log_count).join(
+                    Instance, JOIN.CROSS).where(
+                        InstanceLabel.instance_id == Instance.id,
+                        *search.label_rows(op, self.instances.label_slots(drive)),
+                        *self.instances.conditions())
+            else:
+                query = self.matching_instances(Instance.select(Instance.log_count))
+            query = query.limit(BY_INSTANCES)
+            sql, params = query.sql()
+            return f"SELECT count(*), sum(log_count) FROM ({sql}) AS counted", params
+
+        sql, params = compiled(("feed count by instances", self.shape), build)
+        instances, total = db.execute_sql(sql, bind(params, self.values)).fetchone()
+        if (total or 0) > COUNT_LIMIT:
+            return None
+        return int(total or 0) if instances < BY_INSTANCES else False
 
     def count_after(self, position, limit, held=False):
         """The number of matching rows after `position`, up to `limit`; with

@@ -259,14 +259,21 @@ def selector_condition(op, slots, drive=False):
         else:
             holds = Expression(column, "?", slots[0])
         return holds if op in POSITIVE else ~holds
-    matches = [InstanceLabel.key == slots[0]]
-    if op in (EQUALS, DIFFERS):
-        matches.append(InstanceLabel.value == slots[1])
+    matches = label_rows(op, slots)
     if drive:
         return Instance.id.in_(InstanceLabel.select(InstanceLabel.instance_id).where(*matches))
     found = fn.EXISTS(InstanceLabel.select(SQL("1")).where(
         *matches, InstanceLabel.instance_id == Instance.id))
     return found if op in POSITIVE else ~found
+
+
+def label_rows(op, slots):
+    """SQLite: the conditions on InstanceLabel of the rows that a selector
+    `op` bound to `slots` is about (held, for a positive one)."""
+    matches = [InstanceLabel.key == slots[0]]
+    if op in (EQUALS, DIFFERS):
+        matches.append(InstanceLabel.value == slots[1])
+    return matches
 
 
 def counted_alone(op, slots):

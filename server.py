@@ -36,7 +36,7 @@ from storage import db
 from storage.backup import BackupFailed
 from storage.backup import backup as backup_file
 from webhooks.delivery import Delivery
-from workers import STARTUP_ERRORS, bind, prefork, worker_count
+from workers import JOBS, SERVE, STARTUP_ERRORS, bind, prefork, worker_count
 
 log = logging.getLogger("instance_api")
 
@@ -189,12 +189,19 @@ def serve_in(argv):
                  f"1 process, {cfg['THREADS']} threads")
         return run(server, cfg, app)
 
-    def make_worker():
+    def make_worker(role):
+        if role == JOBS:
+            # It serves nothing: its copy of the socket would keep
+            # connections queued at a stop, after the workers have closed theirs.
+            listener.close()
+            return lambda stopping: run_jobs(app, stopping)
         server = make_server(app, sockets=[listener])
-        return lambda stopping: run(server, cfg, app, stopping)
+        return lambda stopping: run(server, cfg, app, stopping, jobs=False)
 
-    return prefork(listener, workers, make_worker, ready=lambda host, port: announce(
-        host, port, cfg, f"{workers} worker processes, {cfg['THREADS']} threads each"))
+    return prefork(listener, [SERVE] * workers + [JOBS], make_worker,
+                   ready=lambda host, port: announce(
+                       host, port, cfg, f"{workers} worker processes, {cfg['THREADS']} "
+                                        "threads each, and one for the background jobs"))
 
 
 def announce(host, port, cfg, processes):
@@ -236,10 +243,10 @@ STOP_CHECK_INTERVAL = 0.2
 DRAIN_TIMEOUT = 8
 
 
-def run(server, cfg, app, stopping=None):
-    """The serving loop of one process, and its background jobs, until
-    SIGTERM or SIGINT, or until
-    `stopping` is set (a worker's, which its parent's handlers set)."""
+def run(server, cfg, app, stopping=None, jobs=True):
+    """The serving loop of one process, and with `jobs` the background jobs,
+    until SIGTERM or SIGINT, or until `stopping` is set (a worker's, which
+    its parent's handlers set)."""
     if stopping is None:
         stopping = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -249,7 +256,7 @@ def run(server, cfg, app, stopping=None):
     checkpoints.start()
     # The background jobs of this process (after a fork: threads do not
     # survive one), stopped before the database closes.
-    jobs = background(app).start()
+    jobs = background(app if jobs else None).start()
     try:
         while not stopping.is_set():
             wasyncore.loop(timeout=STOP_CHECK_INTERVAL, map=server._map, use_poll=True,
@@ -272,10 +279,30 @@ def run(server, cfg, app, stopping=None):
 
 
 def background(app):
-    """The jobs every process of the server runs (jobs/)."""
+    """The background jobs (jobs/) of `app`, none for None. A server of
+    several workers runs them in a process of their own (run_jobs), once per
+    host: webhook delivery in a serving process took its CPU and its GIL
+    from the requests, and a create ran at 0.65 of its rate with one
+    webhook delivering (bench/README.md). One process runs them all."""
+    if app is None:
+        return Runner(None, [])
     cfg = app.config
     return Runner(app, [Reaper.from_config(cfg), Purge.from_config(cfg), EventPurge(app),
                         Delivery(app)])
+
+
+def run_jobs(app, stopping):
+    """The jobs worker of a server of several: the background jobs until
+    `stopping` is set, then each finishes its current transaction."""
+    jobs = background(app).start()
+    try:
+        while not stopping.wait(STOP_CHECK_INTERVAL):
+            pass
+    finally:
+        jobs.stop(timeout=DRAIN_TIMEOUT)
+        db.close_all()
+    log.info("Stopped the background jobs")
+    return 0
 
 
 def refuse_open_network(cfg):

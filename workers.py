@@ -68,12 +68,20 @@ def bind(host, port):
     return listener
 
 
-def prefork(listener, workers, make_worker, ready):
-    """Fork `workers` serving processes on `listener` and watch them.
+# The two kinds of worker: one that serves requests, and the one per server
+# that runs the background jobs (server.py says why they are apart).
+SERVE, JOBS = "serve", "jobs"
+# The jobs worker's name in ps, top and /proc/PID/comm (Linux: 15 bytes at most).
+JOBS_NAME = "instance-jobs"
 
-    In each, `make_worker()` builds its server and returns the call that
-    serves until SIGTERM (its exit code); `ready(host, port)` is called once
-    every worker is serving.
+
+def prefork(listener, workers, make_worker, ready):
+    """Fork a process for each role in `workers` (SERVE or JOBS) and watch
+    them.
+
+    In each, `make_worker(role)` builds what it runs and returns the call
+    that runs it until SIGTERM (its exit code); `ready(host, port)` is
+    called once every worker is running.
 
     Each worker reports on a pipe once it has made its server and reached
     the database on a connection of its own, or why it could not: the
@@ -103,10 +111,12 @@ def prefork(listener, workers, make_worker, ready):
 
     parent = os.getpid()
 
-    def spawn():
+    def spawn(role):
         pid = os.fork()
         if pid == 0:  # the worker
             die_with(parent)
+            if role == JOBS:
+                name_process(JOBS_NAME)
             os.close(reports)
             # The handlers stay: a SIGTERM or SIGINT from now on sets this
             # process's copy of `stopping`, which its serving loop watches
@@ -114,7 +124,7 @@ def prefork(listener, workers, make_worker, ready):
             code = 1
             try:
                 try:
-                    serve_here = make_worker()
+                    serve_here = make_worker(role)
                     check_database()
                 except STARTUP_ERRORS as exc:
                     tell(reporter, f"failed {exc}")
@@ -128,8 +138,8 @@ def prefork(listener, workers, make_worker, ready):
         return pid
 
     watch = Workers(reports)
-    for _ in range(workers):
-        watch.started(spawn())
+    for role in workers:
+        watch.started(spawn(role), role)
     failure = watch.wait_until_ready(stopping, deadline=time.monotonic() + STARTUP_TIMEOUT)
     if failure is not None:
         log.error("Cannot start: %s", failure)
@@ -143,10 +153,10 @@ def prefork(listener, workers, make_worker, ready):
         if watch.stopped is not None:
             log.info("Worker %d was told to stop; stopping the server", watch.stopped)
             break
-        for _ in range(replace):
+        for role in replace:
             if stopping.is_set():   # a signal that came during poll
                 break
-            watch.started(spawn())
+            watch.started(spawn(role), role)
     # The socket closes when its last holder closes it: the parent's copy
     # first, so that once each worker has closed its own (drain) new
     # connections are refused, not queued where nobody will accept them.
@@ -183,7 +193,15 @@ def die_with(parent):
         os._exit(1)
 
 
-PR_SET_PDEATHSIG = 1
+def name_process(name):
+    """Linux: this process's name, as ps and /proc/PID/comm show it."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+    except (OSError, AttributeError):
+        pass   # not Linux
+
+
+PR_SET_PDEATHSIG, PR_SET_NAME = 1, 15
 
 
 def tell(pipe, message):
@@ -209,12 +227,14 @@ class Workers:
     def __init__(self, reports):
         self.reports, self.buffered = reports, b""
         self.running, self.ready, self.failed = set(), set(), {}
+        self.roles = {}   # pid: SERVE or JOBS
         # A worker that exited as a stopped one does (STOPPED), if any.
         self.stopped = None
         self.retry, self.delay = [], RETRY_FIRST
 
-    def started(self, pid):
+    def started(self, pid, role):
         self.running.add(pid)
+        self.roles[pid] = role
 
     def read_reports(self, timeout):
         """Take the lines the workers wrote, waiting up to `timeout` for one."""
@@ -266,29 +286,31 @@ class Workers:
         return None
 
     def poll(self, timeout):
-        """Wait up to `timeout` for reports; how many workers to start now
-        in place of those that exited (a worker that had started, at once;
-        one that could not start, after a growing delay)."""
+        """Wait up to `timeout` for reports; the roles of the workers to
+        start now in place of those that exited (a worker that had started,
+        at once; one that could not start, after a growing delay)."""
         self.read_reports(timeout)
-        now, replace = time.monotonic(), 0
+        now, replace = time.monotonic(), []
         for pid, code in self.reap().items():
+            role = self.roles.pop(pid)
             if pid in self.ready and code in STOPPED:
                 self.ready.discard(pid)
                 self.stopped = pid
             elif pid in self.ready:
                 self.ready.discard(pid)
-                log.warning("Worker %d exited (status %d); starting another", pid, code)
-                replace += 1
+                log.warning("%s %d exited (status %d); starting another",
+                            "Worker" if role == SERVE else "Jobs worker", pid, code)
+                replace.append(role)
             else:
                 self.read_reports(timeout=0)
                 why = self.failed.pop(pid, f"it exited with status {code}")
                 log.warning("Worker %d could not start (%s); trying again in %g s",
                             pid, why, self.delay)
-                self.retry.append(now + self.delay)
+                self.retry.append((now + self.delay, role))
                 self.delay = min(self.delay * 2, RETRY_MAX)
-        due = [at for at in self.retry if at <= now]
-        self.retry = [at for at in self.retry if at > now]
-        return replace + len(due)
+        due = [role for at, role in self.retry if at <= now]
+        self.retry = [(at, role) for at, role in self.retry if at > now]
+        return replace + due
 
     def stop_all(self):
         """SIGTERM to every worker; those still running after STOP_TIMEOUT

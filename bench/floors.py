@@ -69,7 +69,8 @@ def checks(table, rss):
             # counted until the receiver has them all (fleet.py).
             hooked = table.get((size, "webhook:create_instance", c))
             check("create_instance with a webhook delivering every event >= 0.85 x without",
-                  size, c, ratio(size, "webhook:create_instance", c, "create_instance"), 0.85)
+                  size, c, ratio(size, "webhook:create_instance", c, "default:create_instance"),
+                  0.85)
             if hooked:
                 check("webhook: the receiver had every event within a minute of each cell",
                       size, c, 1.0 if hooked["complete"] else 0.0, 1.0)

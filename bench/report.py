@@ -66,7 +66,7 @@ def report(samples, rss, args, tail=None, extra=None):
         "is one process with INSTANCES_METRICS=0, `noactivity:` one process on a copy whose "
         "log trigger records no activity (bench/lifecycle.py); `pg:`, `pg-default:` and "
         "`pg-two:` rows are PostgreSQL (one worker, the default, two servers of one worker "
-        "on one database: bench/postgres.py); `webhook:` one process with a webhook "
+        "on one database: bench/postgres.py); `webhook:` the default with a webhook "
         "delivering every event, counted until its receiver has them all (bench/fleet.py); "
         "`pocketbase:` "
         "rows are PocketBase (bench/peer.py) on the same rows.", "",

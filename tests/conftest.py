@@ -25,6 +25,7 @@ import pytest
 import log_triggers
 import models
 from app import create_app
+from workers import JOBS_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
 SITE = "5b0c6b52-3c6b-4a55-8f6e-0d7c3a1e9a01"
@@ -163,6 +164,14 @@ class Reply:
         return json.loads(self.data)
 
 
+def is_jobs(pid):
+    """Whether `pid` is a server's jobs worker (named so: workers.JOBS_NAME)."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == JOBS_NAME
+    except FileNotFoundError:   # it ended meanwhile
+        return False
+
+
 def connect(url, timeout=10):
     parts = urlsplit(url)
     assert parts.hostname == "127.0.0.1", url
@@ -228,12 +237,19 @@ class Server:
             time.sleep(0.05)
         raise AssertionError(f"no {pattern!r} in server output:\n{self.output}")
 
-    def pids(self):
-        """The server's processes: the one started, and its workers if it has
-        any (Linux /proc). Workers are forked before the start-up line."""
+    def pids(self, jobs=False):
+        """The server's processes: the one started, and its serving workers
+        if it has any (Linux /proc); with `jobs`, its jobs worker too. Workers
+        are forked before the start-up line."""
         pid = self.proc.pid
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        return [pid, *map(int, children)]
+        return [pid, *(int(child) for child in children if jobs or not is_jobs(child))]
+
+    def jobs_pid(self):
+        """The server's jobs worker (a server of several workers has one)."""
+        found = [pid for pid in self.pids(jobs=True)[1:] if is_jobs(pid)]
+        assert len(found) == 1, found
+        return found[0]
 
     def stop(self, sig=signal.SIGTERM, timeout=10):
         if self.proc.poll() is None:

@@ -95,20 +95,21 @@ def test_every_request_leaves_its_connection_clean_failed_ones_too(client, insta
 
 # -- several processes -----------------------------------------------------------
 
-def worker_pids(server, expected=2):
-    """The server's worker processes, once there are `expected` of them: the
-    parent logs before it forks, so a fast test can look too early."""
-    children = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children")
+def worker_pids(server, expected=2, jobs=False):
+    """The server's serving workers (with `jobs`, its jobs worker too), once
+    there are `expected` of them and the jobs worker: the parent logs before
+    it forks, so a fast test can look too early."""
     deadline = time.monotonic() + 10
-    while len(pids := children.read_text().split()) != expected and time.monotonic() < deadline:
+    while len(server.pids(jobs=True)) != expected + 2 and time.monotonic() < deadline:
         time.sleep(0.05)
-    return pids
+    return server.pids(jobs=jobs)[1:]
 
 
 def test_two_workers_share_the_port_and_store_every_write_once(tmp_path, figures):
     server = Server(tmp_path, "--workers", "2")
     try:
-        assert "(2 worker processes, 8 threads each)" in server.output
+        assert ("(2 worker processes, 8 threads each, and one for the background jobs)"
+                in server.output)
         assert len(worker_pids(server)) == 2
         replies, lock = [], threading.Lock()
 
@@ -142,7 +143,8 @@ def test_two_workers_share_the_port_and_store_every_write_once(tmp_path, figures
         figures(engine="postgresql" if POSTGRES_URL else "sqlite", writes=len(replies))
     finally:
         assert server.stop(signal.SIGTERM) == 0
-    assert server.output.count("Stopped") == 3  # two workers, then the parent
+    # Two workers, the jobs worker, then the parent.
+    assert server.output.count("Stopped") == 4
 
 
 def test_a_worker_that_dies_is_replaced(tmp_path):
@@ -303,7 +305,8 @@ def test_the_start_up_line_says_how_many_processes(tmp_path):
         if expected == 1:
             assert "(1 process, 8 threads)" in server.output
         else:
-            assert f"({expected} worker processes, 8 threads each)" in server.output
+            assert (f"({expected} worker processes, 8 threads each, and one for the background "
+                    "jobs)") in server.output
             assert len(worker_pids(server, expected)) == expected
     finally:
         assert server.stop(signal.SIGTERM) == 0
@@ -348,8 +351,8 @@ def test_workers_do_not_outlive_a_killed_server(tmp_path):
     """kill -9 of the server (or the OOM killer) takes its workers with it,
     as it would take a single process: none goes on serving unwatched."""
     server = Server(tmp_path, "--workers", "2")
-    workers = worker_pids(server)
-    assert len(workers) == 2
+    workers = worker_pids(server, jobs=True)
+    assert len(workers) == 3
     server.stop(signal.SIGKILL)
     deadline = time.monotonic() + 10
     while any(Path(f"/proc/{pid}").exists() and "Z" not in state(pid) for pid in workers) \

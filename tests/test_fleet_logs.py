@@ -148,6 +148,23 @@ def test_the_total_is_left_out_past_the_exact_limit_and_the_link_still_pages(
     assert "X-Total-Count" not in client.get("/api/logs?after=p0").headers
 
 
+@pytest.mark.parametrize("by_instances", [1, 2, 1000])
+def test_a_count_by_instance_filters_alone_matches_the_logs_listed(
+        client, fleet, monkeypatch, by_instances):
+    # Read from the instances' log_count (feed_reads.count_by_instances),
+    # or counted log by log when more instances match than it reads.
+    monkeypatch.setattr(feed_reads, "BY_INSTANCES", by_instances)
+    client.delete(f"/api/instances/{fleet['db']['id']}")
+    for query in ("label=env=prod", "label=env!=prod", f"site_id={SITE}", "label=team",
+                  "label=nope"):
+        resp = client.get(f"/api/logs?{query}&limit=1")
+        listed = client.get(f"/api/logs?{query}&limit=1000").get_json()
+        assert resp.headers["X-Total-Count"] == str(len(listed)), query
+    monkeypatch.setattr(feed_reads, "COUNT_LIMIT", 3)
+    assert "X-Total-Count" not in client.get("/api/logs?label=env&limit=1").headers
+    assert client.get("/api/logs?label=env=prod").headers["X-Total-Count"] == "2"
+
+
 def test_a_wait_is_answered_by_the_next_matching_log_of_any_instance(client, fleet, app):
     position = next_link(client.get(f"/api/logs?after=p0&limit=6{SETTLE}"))
     answer = {}

@@ -5,6 +5,8 @@ wins or loses whole, several worker processes and servers on one database
 end each instance once, and retention runs in the background. On SQLite,
 and on PostgreSQL with INSTANCES_TEST_DATABASE_URL. Nothing waits by sleeping
 for another process: each test polls the server's state with a deadline."""
+import os
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -152,6 +154,27 @@ def test_two_workers_and_two_servers_end_each_instance_once(start_server, tmp_pa
     first = start_server("--workers", "2", env=FAST, db=shared, log_name="first.log")
     second = start_server("--workers", "2", env=FAST, db=shared, log_name="second.log")
     end_all_once([first.url, second.url], 30)
+
+
+def test_several_workers_run_the_jobs_in_one_process_of_their_own_replaced_if_it_dies(
+        start_server):
+    server = start_server("--workers", "2", env=FAST)
+    jobs = server.jobs_pid()
+    # Stopped, the jobs worker ends nothing, and no serving worker does it
+    # instead: an instance idle past its deadline stays as it was.
+    os.kill(jobs, signal.SIGSTOP)
+    made = create(server.url, idle_timeout_s=1)
+    time.sleep(1 + 1 + 1.5)
+    assert get(server.url, made["id"])["status"] == "running"
+    # Killed, it is replaced, and the replacement ends the instance.
+    os.kill(jobs, signal.SIGKILL)
+    server.wait_for(rf"Jobs worker {jobs} exited \(status -9\); starting another")
+    ended = wait_until(lambda: (row := get(server.url, made["id"]))["status"] == "error" and row,
+                       BOUND + 5, "the replacement ended the instance")
+    assert ended["status_reason"] == "idle_timeout"
+    assert server.jobs_pid() != jobs and len(server.pids()) == 3
+    exposition = call(server.url, "GET", "/metrics").get_data(as_text=True)
+    assert 'instance_api_lifecycle_transitions_total{reason="idle_timeout"} 1.0' in exposition
 
 
 def test_the_purge_runs_in_the_background(start_server):

@@ -84,8 +84,8 @@ def alive(pid):
 def test_a_stop_answers_the_waiters_restarts_nothing_and_ends_every_process_within_3_s(
         start_server, figures, delivery):
     server = start_server("--workers", "2", session=True)
-    pids = server.pids()
-    assert len(pids) == 3, pids
+    pids, everyone = server.pids(), server.pids(jobs=True)
+    assert len(pids) == 3 and len(everyone) == 4, everyone
     instance = call(server.url, "POST", "/api/instances", BOX).get_json()
     logs = f"/api/instances/{instance['id']}/logs"
     first = call(server.url, "POST", logs, {"log_type": "system", "message": "first"})
@@ -117,12 +117,12 @@ def test_a_stop_answers_the_waiters_restarts_nothing_and_ends_every_process_with
     for waiter in waiters:
         waiter.join(GONE_WITHIN)
     answered = time.monotonic() - started
-    while any(alive(pid) for pid in pids) and time.monotonic() - started < GONE_WITHIN:
+    while any(alive(pid) for pid in everyone) and time.monotonic() - started < GONE_WITHIN:
         time.sleep(0.02)
     gone = time.monotonic() - started
     figures(delivery=delivery, waiters_answered_s=round(answered, 2), gone_s=round(gone, 2))
 
-    assert not [pid for pid in pids if alive(pid)], server.output
+    assert not [pid for pid in everyone if alive(pid)], server.output
     assert gone < GONE_WITHIN, server.output
     assert server.proc.wait(1) == 0, server.output
     for waiter in waiters:

@@ -1,5 +1,6 @@
-"""Webhook delivery, a background job (jobs/runner.py) that every process
-runs, every INSTANCES_WEBHOOK_POLL_INTERVAL seconds (default 1).
+"""Webhook delivery, a background job (jobs/runner.py) that every server
+runs (in its jobs worker, when it has several: server.py), every
+INSTANCES_WEBHOOK_POLL_INTERVAL seconds (default 1).
 
 Each pass looks for active webhooks that are behind the event feed and
 due (no retry pending, or its time has come), and takes the lease of each

@@ -361,7 +361,7 @@ def test_a_full_disk_answers_503_and_keeps_serving_reads(server, figures):
     logs = f"/api/instances/{made.get_json()['id']}/logs"
     sizes = {path.name: path.stat().st_size for path in server.db_path.parent.iterdir()}
     limit = max(sizes.values()) + (2 << 20)
-    for pid in server.pids():   # every process of the server: its workers write
+    for pid in server.pids(jobs=True):   # every process of the server: its workers write
         resource.prlimit(pid, resource.RLIMIT_FSIZE, (limit, limit))
     batch = [{"log_type": "system", "message": "x" * 500} for _ in range(1000)]
     accepted, rejected = 0, []
