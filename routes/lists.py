@@ -14,13 +14,13 @@ from urllib.parse import urlencode
 
 from flask import current_app, request
 from flask_smorest import abort
-from peewee import SQL, fn
+from peewee import SQL, NodeList, fn
 from werkzeug.sansio.utils import get_current_url
 
 import search
 from models import LOG_LEVELS, Instance, InstanceLog
 from storage import counters
-from storage.engines import read_limit
+from storage.engines import is_sqlite, read_limit
 from storage.fields import utcnow
 from storage.reads import Slot, counted_representations, last_id, run
 from routes.common import invalid, matching, not_found, noun
@@ -121,12 +121,12 @@ class Filtering:
             self.forms.append((name, form, tuple(values)))
         self.shape = (model, *self.scope, *((name, form) for name, form, _ in self.forms))
 
-    def conditions(self, drive=None, on=None):
+    def conditions(self, drive=None, on=None, scoped=True):
         """The WHERE conditions; `drive` names the filter that lists the rows
         (search.plan), if one does. `on`: another model with the filtered
-        columns (the instance counters)."""
+        columns (the instance counters). `scoped`: with the scope's."""
         on = on or self.model
-        found = matching(on, self.scope)
+        found = matching(on, self.scope) if scoped else []
         for name, form, keys in self.forms:
             kind = FILTERS.get(name)
             convert = as_is if kind and kind.raw else None
@@ -229,6 +229,9 @@ def list_response(model, schema, args, instance_id=None, kept_count=None):
         if plan.ordered:
             query = search.ordered_page(filtering.label_slots(0))
             return query.limit(Slot("limit")).offset(Slot("offset"))
+        if scope and not after and not is_sqlite():
+            return scoped_page(model, scope, filtering.conditions(plan.page, scoped=False),
+                               ordering(model, sort)).limit(Slot("limit")).offset(Slot("offset"))
         query = filtering.where(model.select(), plan.page)
         if after:
             query = query.where(after_cursor(model, scope)).order_by(model.seq)
@@ -271,6 +274,25 @@ def ordering(model, sort):
         keys.append(model.created_at.desc())
     keys.append(model.id.desc() if newest_first else model.id.asc())
     return keys
+
+
+def scoped_page(model, scope, conditions, order):
+    """PostgreSQL: a page of an instance's rows (`scope`) in `order`, read
+    from the index that leads with the instance. With `instance_id = $1`
+    the planner drops the instance from the ORDER BY (it is one value) and
+    is free to walk the fleet-wide created_at index backwards instead,
+    which it does for an instance with many logs: it takes them to be
+    spread over time, and steps past every newer log of every other
+    instance (133 ms for a page after 600,000 logs appended elsewhere,
+    against 0.07 ms). As `= ANY(ARRAY[$1])` the instance stays in the
+    ORDER BY, which only its own index gives in order."""
+    direction = "desc" if order[0].direction == "DESC" else "asc"
+    columns = [getattr(model, name) for name in scope]
+    held = [column == fn.ANY(NodeList((SQL("ARRAY["), Slot(column.name, column.db_value),
+                                       SQL("]::uuid[]")), glue=""))
+            for column in columns]
+    return model.select().where(*held, *conditions).order_by(
+        *(getattr(column, direction)() for column in columns), *order)
 
 
 def in_list(model, scope, values):
