@@ -10,11 +10,14 @@ through the service's SQLite driver (cysqlite) with the service's settings
 
 Two more references say what the service's stack costs by itself: the same
 read and append as a bare flask-smorest route with plain marshmallow schemas
-(smorest_query, smorest_insert), the way that stack's docs write one.
+(smorest_query, smorest_insert), the way that stack's docs write one. And
+pg_flask_query is flask_query on PostgreSQL (psycopg, a prepared statement
+on the thread's own connection): what the engine alone costs the least read.
 
     python bench/ceilings.py wsgi|flask PORT [THREADS]
     python bench/ceilings.py flask_query|flask_insert|smorest_query|smorest_insert \
         PORT THREADS DATABASE
+    python bench/ceilings.py pg_flask_query PORT THREADS postgresql://...
 """
 import json
 import random
@@ -78,6 +81,23 @@ def flask_query(database):
             conn = local.conn = connect(database)
         found = conn.execute("SELECT json_object('name', name) FROM instance WHERE id = ?",
                              (row_id,)).fetchone()
+        return flask_app.response_class(found[0], mimetype="application/json")
+
+    return flask_app
+
+
+def pg_flask_query(url):
+    import psycopg
+    flask_app = Flask(__name__)
+    local = threading.local()
+
+    @flask_app.get("/<row_id>")
+    def one_row(row_id):
+        conn = getattr(local, "conn", None)
+        if conn is None:
+            conn = local.conn = psycopg.connect(url, autocommit=True)
+        found = conn.execute("SELECT json_build_object('name', name)::text FROM instance "
+                             "WHERE id = %s", (row_id,), prepare=True).fetchone()
         return flask_app.response_class(found[0], mimetype="application/json")
 
     return flask_app
@@ -205,6 +225,7 @@ def smorest_insert(database):
 def main(kind, port, threads=DEFAULTS["THREADS"], database=None):
     application = {"wsgi": lambda: bare_wsgi, "flask": bare_flask,
                    "flask_query": lambda: flask_query(database),
+                   "pg_flask_query": lambda: pg_flask_query(database),
                    "flask_insert": lambda: flask_insert(database),
                    "smorest_query": lambda: smorest_query(database),
                    "smorest_insert": lambda: smorest_insert(database)}[kind]()

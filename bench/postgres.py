@@ -122,7 +122,10 @@ def section(table):
              "`pg-default:` the default worker count, `pg-two:` two servers of one worker "
              "each on two ports over the one database (a stand-in for two hosts; wrk drives "
              "both at once, half the connections each, and the rates are summed). Each "
-             "ratio is PostgreSQL over SQLite in the same rounds.", "",
+             "ratio is PostgreSQL over SQLite in the same rounds. `ceiling_flask_query` is "
+             "the reference of the least read, a bare Flask route and one SELECT by primary "
+             "key (bench/ceilings.py), on each engine: what PostgreSQL costs a read on this "
+             "host before any of the service's own work.", "",
              "| size | operation | conc. | SQLite, 1 worker | PostgreSQL, 1 worker | x SQLite "
              "| SQLite default | PostgreSQL default | x SQLite | PostgreSQL, two servers "
              "| x one of 2 workers |", "|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -370,6 +370,11 @@ def main(argv=None):
                                        threads, str(work)])
                           for kind in ("flask_query", "flask_insert", "smorest_query",
                                        "smorest_insert")}
+            if with_pg:
+                # What PostgreSQL costs the least read by itself (ceilings.py).
+                references["pg_flask_query"] = start([
+                    sys.executable, str(HERE / "ceilings.py"), "pg_flask_query", "0", threads,
+                    pg_url])
             if with_peer:
                 pb_data = peer.seeded(size, DATA / f"{size}.seed-{SEED}.db", DATA)
                 pb_other, pb_site = peer.pick(pb_data)
@@ -410,6 +415,8 @@ def main(argv=None):
                 if with_default:
                     others["default"] = (ids, DEFAULT_OPS, (32,))
                 if with_pg:
+                    plan["pg:ceiling_flask_query"] = (
+                        f"{references['pg_flask_query'][1]}/{pg_ids[1]}", None, 1, CONCURRENCY)
                     others["pg"] = (pg_ids, postgres.OPS, CONCURRENCY)
                     others["pg-default"] = (pg_ids, postgres.OPS, (32,))
                     if "pg-2w" in servers:
