@@ -25,6 +25,7 @@ COUNT_LIMIT = 10_000
 # How many matching instances a count of logs by instance reads at most
 # (Query.count_by_instances): enough for COUNT_LIMIT at ten logs each.
 BY_INSTANCES = 1_001
+FIRST_READ = 64
 
 
 class Source:
@@ -175,8 +176,12 @@ class Query:
         as counting the logs), read for up to BY_INSTANCES of them. Counting
         the logs reads up to COUNT_LIMIT of them, each tested for its
         instance's labels: 16 ms at the large size for a page that takes
-        1 ms. None when the count is past COUNT_LIMIT, False when these
-        instances cannot tell (more of them, with few logs): count the logs."""
+        1 ms. The instances are read FIRST_READ, then four times as many
+        each time, up to BY_INSTANCES, until their logs are past the limit
+        or there are no more: where instances have many logs, a few prove
+        the count past it (1.3 ms for 1,001 instances at the large size).
+        None when the count is past COUNT_LIMIT, False when these instances
+        cannot tell (more of them, with few logs): count the logs."""
         def build():
             drive = self.drive() if is_sqlite() else None
             if drive is not None:
@@ -193,15 +198,21 @@ class Query:
                         *self.instances.conditions())
             else:
                 query = self.matching_instances(Instance.select(Instance.log_count))
-            query = query.limit(BY_INSTANCES)
-            sql, params = query.sql()
+            sql, params = query.limit(Slot("reads")).sql()
             return f"SELECT count(*), sum(log_count) FROM ({sql}) AS counted", params
 
         sql, params = compiled(("feed count by instances", self.shape), build)
-        instances, total = db.execute_sql(sql, bind(params, self.values)).fetchone()
-        if (total or 0) > COUNT_LIMIT:
-            return None
-        return int(total or 0) if instances < BY_INSTANCES else False
+        reads = min(FIRST_READ, BY_INSTANCES)
+        while True:
+            instances, total = db.execute_sql(
+                sql, bind(params, {**self.values, "reads": reads})).fetchone()
+            if (total or 0) > COUNT_LIMIT:
+                return None
+            if instances < reads:
+                return int(total or 0)
+            if reads == BY_INSTANCES:
+                return False
+            reads = min(reads * 4, BY_INSTANCES)
 
     def count_after(self, position, limit, held=False):
         """The number of matching rows after `position`, up to `limit`; with

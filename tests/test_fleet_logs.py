@@ -148,12 +148,14 @@ def test_the_total_is_left_out_past_the_exact_limit_and_the_link_still_pages(
     assert "X-Total-Count" not in client.get("/api/logs?after=p0").headers
 
 
-@pytest.mark.parametrize("by_instances", [1, 2, 1000])
+@pytest.mark.parametrize("first, most", [(1, 1), (1, 2), (1, 1000), (64, 1001)])
 def test_a_count_by_instance_filters_alone_matches_the_logs_listed(
-        client, fleet, monkeypatch, by_instances):
-    # Read from the instances' log_count (feed_reads.count_by_instances),
-    # or counted log by log when more instances match than it reads.
-    monkeypatch.setattr(feed_reads, "BY_INSTANCES", by_instances)
+        client, fleet, monkeypatch, first, most):
+    # Read from the instances' log_count (feed_reads.count_by_instances), a
+    # few instances and then more, or counted log by log when more instances
+    # match than it reads.
+    monkeypatch.setattr(feed_reads, "FIRST_READ", first)
+    monkeypatch.setattr(feed_reads, "BY_INSTANCES", most)
     client.delete(f"/api/instances/{fleet['db']['id']}")
     for query in ("label=env=prod", "label=env!=prod", f"site_id={SITE}", "label=team",
                   "label=nope"):
