@@ -71,23 +71,21 @@ def connect(database):
 
 
 def flask_query(database):
-    flask_app = Flask(__name__)
-    local = threading.local()
-
-    @flask_app.get("/<row_id>")
-    def one_row(row_id):
-        conn = getattr(local, "conn", None)
-        if conn is None:
-            conn = local.conn = connect(database)
-        found = conn.execute("SELECT json_object('name', name) FROM instance WHERE id = ?",
-                             (row_id,)).fetchone()
-        return flask_app.response_class(found[0], mimetype="application/json")
-
-    return flask_app
+    return query_route(lambda: connect(database),
+                       "SELECT json_object('name', name) FROM instance WHERE id = ?")
 
 
 def pg_flask_query(url):
     import psycopg
+    # psycopg prepares a statement from its fifth run on (prepare_threshold).
+    return query_route(lambda: psycopg.connect(url, autocommit=True),
+                       "SELECT json_build_object('name', name)::text FROM instance "
+                       "WHERE id = %s")
+
+
+def query_route(open_connection, statement):
+    """A bare Flask route answering one row's JSON, read by `statement` on
+    the thread's own connection."""
     flask_app = Flask(__name__)
     local = threading.local()
 
@@ -95,9 +93,8 @@ def pg_flask_query(url):
     def one_row(row_id):
         conn = getattr(local, "conn", None)
         if conn is None:
-            conn = local.conn = psycopg.connect(url, autocommit=True)
-        found = conn.execute("SELECT json_build_object('name', name)::text FROM instance "
-                             "WHERE id = %s", (row_id,), prepare=True).fetchone()
+            conn = local.conn = open_connection()
+        found = conn.execute(statement, (row_id,)).fetchone()
         return flask_app.response_class(found[0], mimetype="application/json")
 
     return flask_app

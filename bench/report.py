@@ -52,6 +52,8 @@ def report(samples, rss, args, tail=None, extra=None):
     # Runs before issue 19 kept one figure per size.
     rss = {size: mb if isinstance(mb, dict) else {"one": mb} for size, mb in rss.items()}
     workers = next((mb["workers"] for mb in rss.values() if "workers" in mb), None)
+    processes = (f"{workers} worker processes here, one per CPU" if workers
+                 else "one worker process per CPU")
     machine = (f"{platform.node()}: {os.cpu_count()} CPUs, {platform.machine()}, "
                f"Python {platform.python_version()}, load generator (wrk -t2) on the same host")
     lines = [
@@ -62,7 +64,8 @@ def report(samples, rss, args, tail=None, extra=None):
         f"({args.threads} threads) and GIL switch interval; each cell started once the "
         "server had answered what the previous one left queued. The service ran with "
         "`--workers 1`; `default:` rows are the same server with its default "
-        f"({workers} worker processes here, one per CPU) at 32 connections; `nometrics:` "
+        f"({processes}, and its jobs worker) at 32 "
+        "connections; `nometrics:` "
         "is one process with INSTANCES_METRICS=0, `noactivity:` one process on a copy whose "
         "log trigger records no activity (bench/lifecycle.py); `pg:`, `pg-default:` and "
         "`pg-two:` rows are PostgreSQL (one worker, the default, two servers of one worker "
