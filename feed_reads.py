@@ -22,6 +22,11 @@ from storage.reads import IndexedBy, Slot, bind, compiled, run
 
 # X-Total-Count is exact up to this many rows, and left out beyond.
 COUNT_LIMIT = 10_000
+# A page read in order (Query.reads_in_order) reads among the newest logs
+# only, WINDOW_MARGIN times as many as it expects to need (WINDOW_LEAST to
+# WINDOW_MOST); fewer matches there and it reads every log of the matching
+# instances instead.
+WINDOW_MARGIN, WINDOW_LEAST, WINDOW_MOST = 8, 2_000, 20_000
 # How many matching instances a count of logs by instance reads at most
 # (Query.count_by_instances): enough for COUNT_LIMIT at ten logs each.
 BY_INSTANCES = 1_001
@@ -234,6 +239,12 @@ class Query:
         def build():
             query = self.select()
             conditions = self.conditions(in_order)
+            if in_order:
+                conditions.append(InstanceLog.created_at >= fn.COALESCE(
+                    InstanceLog.select(InstanceLog.created_at).from_(
+                        IndexedBy(InstanceLog, "instance_log_created")).order_by(
+                            InstanceLog.created_at.desc(), InstanceLog.id.desc()).limit(
+                                1).offset(Slot("window")), SQL("''")))
             query = query.where(*conditions) if conditions else query
             from routes.lists import ordering
             order = (ordering(self.source.model, sort) if self.source is LOGS
@@ -245,28 +256,43 @@ class Query:
             return query.order_by(*order).limit(
                 Slot("limit")).offset(Slot("offset"))
 
-        in_order = not sort and self.reads_in_order(limit + offset)
-        return self.read(("feed page", self.source.model, self.shape, tuple(sort), in_order),
-                         build, limit=limit, offset=offset)
+        window = 0 if sort else self.reads_in_order(limit + offset)
+        in_order = bool(window)
+        rows = self.read(("feed page", self.source.model, self.shape, tuple(sort), in_order),
+                         build, limit=limit, offset=offset, window=window)
+        if in_order and len(rows) < limit:
+            # Too few among the newest `window` logs (the newest are some
+            # other instances'): the page is every log of the matching
+            # instances, sorted.
+            in_order = False
+            rows = self.read(("feed page", self.source.model, self.shape, (), False), build,
+                             limit=limit, offset=offset)
+        return rows
 
     def reads_in_order(self, wanted):
         """SQLite, a page of logs filtered by their instance alone (site_id,
-        label): whether to read the logs newest first and test each one's
-        instance, rather than read every log of the matching instances and
-        sort them. SQLite's planner always does the latter, which for a
+        label): how many of the newest logs to read in order, testing each
+        one's instance (0: none, read every log of the matching instances
+        and sort them instead). SQLite's planner always does the latter, which for a
         label a fifth of the fleet has is every log of 20,000 instances
         sorted for a page of 50 (0.7 s at the large size). Reading in order
         costs about `wanted` logs per share of the instances that match;
         the other way, each log of theirs, several times over (DRIVE_COST,
         as for the instances' own lists: search.plan). The share comes from
-        the label counters, and a site is taken to be NARROWED instances."""
+        the label counters, and a site is taken to be NARROWED instances.
+        Both take the matching logs to be spread over time; where the newest
+        are another instance's (one busy agent), reading in order would walk
+        past all of them (a page of env=prod took 400 ms at the small size
+        after the bench's appends to one instance), so it reads a window of
+        the newest, and page() sorts the matching instances' logs when that
+        window holds too few."""
         if not is_sqlite() or self.source is not LOGS or not self.narrowing:
-            return False
+            return 0
         if self.rows.forms or self.extra:
-            return False    # a filter of the log's own: its index decides
+            return 0    # a filter of the log's own: its index decides
         selectors = [s for s in self.narrowing.get("label", ()) if s.op in POSITIVE]
         if not selectors and "site_id" not in self.narrowing:
-            return False    # nothing says how few: the instances' side, as before
+            return 0    # nothing says how few: the instances' side, as before
         parts, params = ["(SELECT max(rowid) FROM instance)",
                          "(SELECT max(rowid) FROM instance_log)"], []
         for selector in selectors:
@@ -277,9 +303,12 @@ class Query:
         fewest = min([size or 0 for size in matched]
                      + ([search.NARROWED] if "site_id" in self.narrowing else []))
         if not table or not fewest:
-            return False
+            return 0
         per_instance = (logs or 0) / table
-        return wanted * table / fewest < search.DRIVE_COST * fewest * per_instance
+        expected = wanted * table / fewest
+        if expected >= search.DRIVE_COST * fewest * per_instance:
+            return 0
+        return int(min(WINDOW_MOST, max(WINDOW_LEAST, WINDOW_MARGIN * expected)))
 
     def after(self, position, limit):
         """The rows after `position`, in commit order."""

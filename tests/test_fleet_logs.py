@@ -227,4 +227,31 @@ def test_a_label_or_site_most_of_the_fleet_has_pages_the_same_read_in_order(
     with app.app_context():
         planned = feed_reads.Query(feed_reads.LOGS, {
             "label": tuple(parse_selectors("env=prod"))}).reads_in_order(4)
-    assert planned is feed_reads.is_sqlite()
+    assert bool(planned) is feed_reads.is_sqlite()
+
+
+@pytest.mark.parametrize("window", [3, 8, 10_000])
+def test_a_page_read_in_order_past_a_busy_instance_of_another_label_is_the_same(
+        client, make_instance, monkeypatch, window):
+    # The newest logs are all one other instance's: a window of the newest
+    # that holds too few matches gives way to sorting the matching
+    # instances' logs (feed_reads.reads_in_order); either way, the same rows.
+    monkeypatch.setattr(feed_reads, "WINDOW_LEAST", window)
+    monkeypatch.setattr(feed_reads, "WINDOW_MOST", window)
+    made = [make_instance(name=f"i{n}", labels={"env": "prod"} if n % 5 == 0 else {"team": "x"})
+            for n in range(30)]
+    for instance in made:
+        client.post(f"/api/instances/{instance['id']}/logs",
+                    json={"log_type": "system", "message": instance["name"]})
+    busy = made[1]
+    assert client.post(f"/api/instances/{busy['id']}/logs", json=[
+        {"log_type": "system", "message": "busy"}] * 20).status_code == 201
+    wanted = [i["name"] for i in reversed(made) if "env" in i["labels"]]
+    pages = []
+    for offset in range(0, len(wanted) + 2, 2):
+        pages += messages(client.get(f"/api/logs?label=env%3Dprod&limit=2&offset={offset}"))
+    assert pages == wanted
+    newest = made[5]
+    client.post(f"/api/instances/{newest['id']}/logs", json=[
+        {"log_type": "system", "message": "prod new"}] * 3)
+    assert messages(client.get("/api/logs?label=env%3Dprod&limit=2")) == ["prod new"] * 2
