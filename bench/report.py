@@ -86,7 +86,8 @@ def report(samples, rss, args, tail=None, extra=None):
             f"| {cell['rps'] / ceiling:.2f} |")
     lines += ["", "Peak RSS: " + "; ".join(
         f"{size}: one process {mb['one']} MB"
-        + (f", the default ({mb['workers']} workers and their parent) {mb['default']} MB "
+        + (f", the default ({mb['workers']} workers, their jobs worker and their parent) "
+           f"{mb['default']} MB "
            f"(each process's peak, added up; their summed PSS peaked at "
            f"{mb['default_pss']} MB)" if "default" in mb else "")
         + (f", PocketBase {mb['pocketbase']} MB" if "pocketbase" in mb else "")
