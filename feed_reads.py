@@ -158,7 +158,13 @@ class Query:
         return model.select(*model._meta.sorted_fields, self.source.position_text())
 
     def count(self):
-        """The number of matching rows, or None beyond COUNT_LIMIT."""
+        """The number of matching rows, or None beyond COUNT_LIMIT; the one
+        page() read for itself just before, if it did (a wait's later reads
+        count again)."""
+        found = self.__dict__.pop("page_count", False)
+        return self.counted() if found is False else found
+
+    def counted(self):
         if self.source is LOGS and self.instances is not None and not self.rows.forms:
             total = self.count_by_instances()
             if total is not False:
@@ -239,7 +245,7 @@ class Query:
         def build():
             query = self.select()
             conditions = self.conditions(in_order)
-            if in_order:
+            if in_order and bounded:
                 conditions.append(InstanceLog.created_at >= fn.COALESCE(
                     InstanceLog.select(InstanceLog.created_at).from_(
                         IndexedBy(InstanceLog, "instance_log_created")).order_by(
@@ -257,16 +263,19 @@ class Query:
                 Slot("limit")).offset(Slot("offset"))
 
         window = 0 if sort else self.reads_in_order(limit + offset)
-        in_order = bool(window)
-        rows = self.read(("feed page", self.source.model, self.shape, tuple(sort), in_order),
-                         build, limit=limit, offset=offset, window=window)
+        in_order = bounded = bool(window)
+        rows = self.read(("feed page", self.source.model, self.shape, tuple(sort), in_order,
+                          bounded), build, limit=limit, offset=offset, window=window)
         if in_order and len(rows) < limit:
             # Too few among the newest `window` logs (the newest are some
-            # other instances'): the page is every log of the matching
-            # instances, sorted.
-            in_order = False
-            rows = self.read(("feed page", self.source.model, self.shape, (), False), build,
-                             limit=limit, offset=offset)
+            # other instances'). When the matching instances hold few logs
+            # (counted exactly), sort them all; else read on in order, past
+            # the others' (sorting 200,000 logs of 20,000 instances took 0.7 s).
+            bounded = False
+            self.page_count = self.counted()
+            in_order = self.page_count is None
+            rows = self.read(("feed page", self.source.model, self.shape, (), in_order, False),
+                             build, limit=limit, offset=offset)
         return rows
 
     def reads_in_order(self, wanted):

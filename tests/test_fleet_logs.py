@@ -230,12 +230,15 @@ def test_a_label_or_site_most_of_the_fleet_has_pages_the_same_read_in_order(
     assert bool(planned) is feed_reads.is_sqlite()
 
 
-@pytest.mark.parametrize("window", [3, 8, 10_000])
+@pytest.mark.parametrize("window, count_limit", [(3, 10_000), (3, 2), (8, 10_000),
+                                                 (10_000, 10_000)])
 def test_a_page_read_in_order_past_a_busy_instance_of_another_label_is_the_same(
-        client, make_instance, monkeypatch, window):
+        client, make_instance, monkeypatch, window, count_limit):
     # The newest logs are all one other instance's: a window of the newest
     # that holds too few matches gives way to sorting the matching
-    # instances' logs (feed_reads.reads_in_order); either way, the same rows.
+    # instances' logs, or past COUNT_LIMIT of them to reading on in order
+    # (feed_reads.Query.page); each way, the same rows.
+    monkeypatch.setattr(feed_reads, "COUNT_LIMIT", count_limit)
     monkeypatch.setattr(feed_reads, "WINDOW_LEAST", window)
     monkeypatch.setattr(feed_reads, "WINDOW_MOST", window)
     made = [make_instance(name=f"i{n}", labels={"env": "prod"} if n % 5 == 0 else {"team": "x"})
