@@ -24,8 +24,8 @@ from storage.reads import IndexedBy, Slot, bind, compiled, run
 COUNT_LIMIT = 10_000
 # A page read in order (Query.reads_in_order) reads among the newest logs
 # only, WINDOW_MARGIN times as many as it expects to need (WINDOW_LEAST to
-# WINDOW_MOST); fewer matches there and it reads every log of the matching
-# instances instead.
+# WINDOW_MOST); fewer matches there and Query.page sorts the matching logs
+# when they are few, or else reads on in order.
 WINDOW_MARGIN, WINDOW_LEAST, WINDOW_MOST = 8, 2_000, 20_000
 # How many matching instances a count of logs by instance reads at most
 # (Query.count_by_instances): enough for COUNT_LIMIT at ten logs each.
@@ -293,8 +293,7 @@ class Query:
         are another instance's (one busy agent), reading in order would walk
         past all of them (a page of env=prod took 400 ms at the small size
         after the bench's appends to one instance), so it reads a window of
-        the newest, and page() sorts the matching instances' logs when that
-        window holds too few."""
+        the newest, and page() decides again when that window holds too few."""
         if not is_sqlite() or self.source is not LOGS or not self.narrowing:
             return 0
         if self.rows.forms or self.extra:
