@@ -7,8 +7,10 @@ Not here: the routes (routes/feeds.py), the positions themselves (feeds.py),
 the instance-scoped lists (routes/lists.py), whose filter machinery this
 reuses.
 """
+from functools import partial
+
 import orjson
-from peewee import JOIN, SQL, Cast, Column, Expression, Tuple, fn
+from peewee import JOIN, SQL, Cast, Column, Expression, NodeList, Tuple, fn
 
 import search
 from search import InstanceLabel
@@ -16,17 +18,16 @@ from feeds import Event, Position
 from labels import DIFFERS, EQUALS, HAS, POSITIVE
 from models import Instance, InstanceLog
 from storage import db
-from storage.engines import is_sqlite
+from storage.engines import is_sqlite, plus_seconds
 from storage.fields import ObjectField, UTCDateTimeField, rfc3339
 from storage.reads import IndexedBy, Slot, bind, compiled, run
 
 # X-Total-Count is exact up to this many rows, and left out beyond.
 COUNT_LIMIT = 10_000
-# A page read in order (Query.reads_in_order) reads among the newest logs
-# only, WINDOW_MARGIN times as many as it expects to need (WINDOW_LEAST to
-# WINDOW_MOST); fewer matches there and Query.page sorts the matching logs
-# when they are few, or else reads on in order.
-WINDOW_MARGIN, WINDOW_LEAST, WINDOW_MOST = 8, 2_000, 20_000
+# A page of logs filtered by their instance alone that ends within
+# MERGE_MOST logs is merged from the matching instances' own newest logs
+# (Query.merged_page), reading up to MERGE_CANDIDATES of the instances.
+MERGE_MOST, MERGE_CANDIDATES = 1_000, 4_096
 # How many matching instances a count of logs by instance reads at most
 # (Query.count_by_instances): enough for COUNT_LIMIT at ten logs each.
 BY_INSTANCES = 1_001
@@ -158,13 +159,7 @@ class Query:
         return model.select(*model._meta.sorted_fields, self.source.position_text())
 
     def count(self):
-        """The number of matching rows, or None beyond COUNT_LIMIT; the one
-        page() read for itself just before, if it did (a wait's later reads
-        count again)."""
-        found = self.__dict__.pop("page_count", False)
-        return self.counted() if found is False else found
-
-    def counted(self):
+        """The number of matching rows, or None beyond COUNT_LIMIT."""
         if self.source is LOGS and self.instances is not None and not self.rows.forms:
             total = self.count_by_instances()
             if total is not False:
@@ -242,15 +237,14 @@ class Query:
 
     def page(self, limit, offset, sort=()):
         """Newest first (or by `sort`), from `offset`."""
+        if not sort:
+            rows = self.merged_page(limit, offset)
+            if rows is not None:
+                return rows
+
         def build():
             query = self.select()
             conditions = self.conditions(in_order)
-            if in_order and bounded:
-                conditions.append(InstanceLog.created_at >= fn.COALESCE(
-                    InstanceLog.select(InstanceLog.created_at).from_(
-                        IndexedBy(InstanceLog, "instance_log_created")).order_by(
-                            InstanceLog.created_at.desc(), InstanceLog.id.desc()).limit(
-                                1).offset(Slot("window")), SQL("''")))
             query = query.where(*conditions) if conditions else query
             from routes.lists import ordering
             order = (ordering(self.source.model, sort) if self.source is LOGS
@@ -262,61 +256,157 @@ class Query:
             return query.order_by(*order).limit(
                 Slot("limit")).offset(Slot("offset"))
 
-        window = 0 if sort else self.reads_in_order(limit + offset)
-        in_order = bounded = bool(window)
-        rows = self.read(("feed page", self.source.model, self.shape, tuple(sort), in_order,
-                          bounded), build, limit=limit, offset=offset, window=window)
-        if in_order and len(rows) < limit:
-            # Too few among the newest `window` logs (the newest are some
-            # other instances'). When the matching instances hold few logs
-            # (counted exactly), sort them all; else read on in order, past
-            # the others' (sorting 200,000 logs of 20,000 instances took 0.7 s).
-            bounded = False
-            self.page_count = self.counted()
-            in_order = self.page_count is None
-            rows = self.read(("feed page", self.source.model, self.shape, (), in_order, False),
-                             build, limit=limit, offset=offset)
-        return rows
+        in_order = not sort and self.reads_in_order(limit + offset)
+        return self.read(("feed page", self.source.model, self.shape, tuple(sort), in_order),
+                         build, limit=limit, offset=offset)
+
+    def merges(self):
+        """Whether a page may be merged from the matching instances' newest
+        logs: logs filtered by their instance alone, by something that says
+        how few (a site, a label to have)."""
+        if self.source is not LOGS or not self.narrowing or self.rows.forms or self.extra:
+            return False
+        return "site_id" in self.narrowing or any(
+            s.op in POSITIVE for s in self.narrowing.get("label", ()))
+
+    def merged_page(self, limit, offset):
+        """A page of logs filtered by their instance alone, newest first,
+        merged from the newest logs of the matching instances with the
+        latest activity; None when that cannot tell (read the logs then).
+
+        Every log is less than a second older than its instance's
+        last_activity_at, which never goes back (log_triggers.py; migration
+        8 set it from the newest log). So with the matching instances in
+        order of activity, no instance past the first `reads` has a log as
+        new as the bound, the activity of the next one plus a second: the
+        logs at or past the bound are all among the first ones' own newest
+        `wanted`, and when there are `wanted` of them they are the page's.
+        When not, four times as many instances are read, up to
+        MERGE_CANDIDATES, or all there are. Either way a page costs about
+        `wanted` instances and their newest logs, whatever the size of the
+        fleet and however many logs another instance has appended since:
+        read by time instead, a page of env=prod walked past each of the
+        bench's 500,000 logs of one other instance (3 req/s, the large
+        seed), and sorting every log of a fifth of 20,000 instances took
+        0.7 s."""
+        wanted = limit + offset
+        if wanted > MERGE_MOST or not self.merges():
+            return None
+        reads = wanted
+        while True:
+            walk = self.walks(reads)
+            rows = self.read(("feed merged", self.shape, walk), partial(self.merged, walk),
+                             limit=limit, offset=offset, wanted=wanted, reads=reads,
+                             candidates=reads + 1)
+            if len(rows) == limit or self.candidates_read(walk, reads + 1) <= reads:
+                return rows   # the page, or every matching instance's logs
+            if reads >= MERGE_CANDIDATES:
+                return None
+            reads = min(reads * 4, MERGE_CANDIDATES)
+
+    def candidates(self, walk):
+        """The matching instances with logs, latest activity first, up to
+        the `candidates` slot: on SQLite by walking the activity index and
+        testing each (`walk`), or by listing the matching ones and sorting
+        them (a small site, a rare label)."""
+        newest, query = Instance.last_activity_at, Instance.select(
+            Instance.id, Instance.last_activity_at)
+        conditions = self.instances.conditions()
+        if is_sqlite() and walk:
+            query = query.from_(IndexedBy(Instance, "instance_last_activity_at"))
+        elif is_sqlite():
+            newest = NodeList((SQL("+"), newest), glue="")   # +: not from its index
+            conditions = self.instances.conditions(self.drive())
+        return query.where(Instance.log_count > 0, *conditions).order_by(
+            newest.desc()).limit(Slot("candidates"))
+
+    def candidates_read(self, walk, most):
+        """How many instances candidates() gives, up to `most`."""
+        def build():
+            sql, params = self.candidates(walk).sql()
+            return f"SELECT count(*) FROM ({sql}) AS counted", params
+
+        sql, params = compiled(("feed merged candidates", self.shape, walk), build)
+        values = {**self.values, "candidates": most}
+        return db.execute_sql(sql, bind(params, values)).fetchone()[0]
+
+    def merged(self, walk):
+        """The query of merged_page: its candidates, the bound, and the
+        newest logs of each candidate at or past the bound, `wanted` at most
+        (SQLite: a correlated IN; PostgreSQL: a LATERAL join)."""
+        found = self.candidates(walk).cte("candidates", materialized=True)
+        activity = found.c.last_activity_at
+        bound = fn.COALESCE(
+            Instance.select(plus_seconds(activity, SQL("1.001"))).from_(found).order_by(
+                activity.desc()).limit(1).offset(Slot("reads")),
+            SQL("''") if is_sqlite() else SQL("'-infinity'::timestamptz"))
+        if is_sqlite():
+            own = InstanceLog.alias("own")
+            newest = own.select(own.id).where(
+                own.instance == found.c.id, own.created_at >= bound).order_by(
+                    own.created_at.desc(), own.id.desc()).limit(Slot("wanted"))
+            query = self.select().from_(found).join(InstanceLog, JOIN.CROSS).where(
+                InstanceLog.id.in_(newest)).order_by(
+                    InstanceLog.created_at.desc(), InstanceLog.id.desc())
+        else:
+            newest = self.select().where(
+                InstanceLog.instance == found.c.id, InstanceLog.created_at >= bound).order_by(
+                    InstanceLog.created_at.desc(), InstanceLog.id.desc()).limit(
+                        Slot("wanted")).alias("newest")
+            query = InstanceLog.select(SQL('"newest".*')).from_(found).join(
+                newest, JOIN.LATERAL, on=SQL("true")).order_by(
+                    SQL('"newest"."created_at" DESC'), SQL('"newest"."id" DESC'))
+        return query.limit(Slot("limit")).offset(Slot("offset")).with_cte(found)
 
     def reads_in_order(self, wanted):
         """SQLite, a page of logs filtered by their instance alone (site_id,
-        label): how many of the newest logs to read in order, testing each
-        one's instance (0: none, read every log of the matching instances
-        and sort them instead). SQLite's planner always does the latter, which for a
-        label a fifth of the fleet has is every log of 20,000 instances
-        sorted for a page of 50 (0.7 s at the large size). Reading in order
-        costs about `wanted` logs per share of the instances that match;
-        the other way, each log of theirs, several times over (DRIVE_COST,
-        as for the instances' own lists: search.plan). The share comes from
-        the label counters, and a site is taken to be NARROWED instances.
-        Both take the matching logs to be spread over time; where the newest
-        are another instance's (one busy agent), reading in order would walk
-        past all of them (a page of env=prod took 400 ms at the small size
-        after the bench's appends to one instance), so it reads a window of
-        the newest, and page() decides again when that window holds too few."""
-        if not is_sqlite() or self.source is not LOGS or not self.narrowing:
-            return 0
-        if self.rows.forms or self.extra:
-            return 0    # a filter of the log's own: its index decides
-        selectors = [s for s in self.narrowing.get("label", ()) if s.op in POSITIVE]
-        if not selectors and "site_id" not in self.narrowing:
-            return 0    # nothing says how few: the instances' side, as before
+        label) that merged_page could not read: whether to read the newest
+        logs in order, testing each one's instance, or to read every log of
+        the matching instances and sort them. SQLite's planner always does
+        the latter, which for a label a fifth of the fleet has is every log
+        of 20,000 instances sorted for a page of 50 (0.7 s at the large
+        size). Reading in order costs about `wanted` logs per share of the
+        instances that match; the other way, each log of theirs, several
+        times over (DRIVE_COST, as for the instances' own lists:
+        search.plan). Both take the matching logs to be spread over time."""
+        if not is_sqlite() or not self.merges():
+            return False
+        table, logs, matched = self.shares()
+        if not table or not matched:
+            return False
+        expected = wanted * table / matched
+        return expected < search.DRIVE_COST * matched * (logs or 0) / table
+
+    def walks(self, reads):
+        """SQLite: whether candidates() walks the activity index for
+        `reads` instances (about reads per share of the fleet that matches)
+        rather than list and sort the matching ones."""
+        if not is_sqlite():
+            return False
+        table, _, matched = self.shares()
+        return (reads + 1) * table <= matched * matched
+
+    def shares(self):
+        """SQLite: the rows in the instance and log tables (max(rowid): an
+        estimate, enough here) and how many instances the narrowest
+        filter matches: a label's from its counters, a site's counted up
+        to search.NARROWED from its index. Read once per request."""
+        if "shares_read" in self.__dict__:
+            return self.shares_read
         parts, params = ["(SELECT max(rowid) FROM instance)",
                          "(SELECT max(rowid) FROM instance_log)"], []
-        for selector in selectors:
-            part, values = search.matched_count(selector)
-            parts.append(part)
-            params += values
+        for selector in self.narrowing.get("label", ()):
+            if selector.op in POSITIVE:
+                part, values = search.matched_count(selector)
+                parts.append(part)
+                params += values
+        if "site_id" in self.narrowing:
+            parts.append("(SELECT count(*) FROM (SELECT 1 FROM instance WHERE site_id = ? "
+                         "LIMIT ?))")
+            params += [Instance.site_id.db_value(self.values["site_id"]), search.NARROWED]
         table, logs, *matched = db.execute_sql(f"SELECT {', '.join(parts)}", params).fetchone()
-        fewest = min([size or 0 for size in matched]
-                     + ([search.NARROWED] if "site_id" in self.narrowing else []))
-        if not table or not fewest:
-            return 0
-        per_instance = (logs or 0) / table
-        expected = wanted * table / fewest
-        if expected >= search.DRIVE_COST * fewest * per_instance:
-            return 0
-        return int(min(WINDOW_MOST, max(WINDOW_LEAST, WINDOW_MARGIN * expected)))
+        self.shares_read = (table or 0, logs or 0, min(size or 0 for size in matched))
+        return self.shares_read
 
     def after(self, position, limit):
         """The rows after `position`, in commit order."""

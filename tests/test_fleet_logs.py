@@ -4,14 +4,19 @@ after a position that survives deletions. On whichever engine the suite
 runs on; processes appending at once: test_fleet_servers.py."""
 import threading
 import time
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 import pytest
 
 import feed_reads
+import models
 from conftest import SITE, assert_problem, random_id
 from labels import parse_selectors
 from storage import db
+from storage.fields import utcnow
+from storage.writes import write
+from test_sequence import log_rows
 
 OTHER_SITE = "0f8fad5b-d9cb-469f-a165-70867728950e"
 
@@ -230,17 +235,18 @@ def test_a_label_or_site_most_of_the_fleet_has_pages_the_same_read_in_order(
     assert bool(planned) is feed_reads.is_sqlite()
 
 
-@pytest.mark.parametrize("window, count_limit", [(3, 10_000), (3, 2), (8, 10_000),
-                                                 (10_000, 10_000)])
-def test_a_page_read_in_order_past_a_busy_instance_of_another_label_is_the_same(
-        client, make_instance, monkeypatch, window, count_limit):
-    # The newest logs are all one other instance's: a window of the newest
-    # that holds too few matches gives way to sorting the matching
-    # instances' logs, or past COUNT_LIMIT of them to reading on in order
-    # (feed_reads.Query.page); each way, the same rows.
+@pytest.mark.parametrize("merge_most, candidates, count_limit", [
+    (1_000, 4_096, 10_000), (1_000, 1, 10_000), (0, 4_096, 10_000), (0, 4_096, 2)])
+def test_a_page_past_a_busy_instance_of_another_label_is_the_same(
+        client, make_instance, monkeypatch, merge_most, candidates, count_limit):
+    # The newest logs are all one other instance's. The page is merged from
+    # the matching instances' newest logs (feed_reads.Query.merged_page);
+    # past MERGE_MOST, or when MERGE_CANDIDATES instances cannot tell, the
+    # logs are read in order or sorted, past COUNT_LIMIT read in order: each
+    # way, the same rows.
+    monkeypatch.setattr(feed_reads, "MERGE_MOST", merge_most)
+    monkeypatch.setattr(feed_reads, "MERGE_CANDIDATES", candidates)
     monkeypatch.setattr(feed_reads, "COUNT_LIMIT", count_limit)
-    monkeypatch.setattr(feed_reads, "WINDOW_LEAST", window)
-    monkeypatch.setattr(feed_reads, "WINDOW_MOST", window)
     made = [make_instance(name=f"i{n}", labels={"env": "prod"} if n % 5 == 0 else {"team": "x"})
             for n in range(30)]
     for instance in made:
@@ -258,3 +264,62 @@ def test_a_page_read_in_order_past_a_busy_instance_of_another_label_is_the_same(
     client.post(f"/api/instances/{newest['id']}/logs", json=[
         {"log_type": "system", "message": "prod new"}] * 3)
     assert messages(client.get("/api/logs?label=env%3Dprod&limit=2")) == ["prod new"] * 2
+
+
+@pytest.mark.parametrize("walk", [True, False])
+@pytest.mark.parametrize("query", ["label=env%3Dprod", f"site_id={SITE}"])
+def test_a_merged_page_over_time_is_every_matching_log_newest_first(
+        client, make_instance, monkeypatch, walk, query):
+    # Logs a few seconds apart, as in a fleet at work, so that the bound
+    # (an instance's activity plus a second) tells apart which instances
+    # can hold a page's logs. One matching instance was active last (a
+    # write) and has no new log; one of another label appended last.
+    monkeypatch.setattr(feed_reads.Query, "walks", lambda self, reads: walk)
+    reads = []
+    counted = feed_reads.Query.candidates_read
+    monkeypatch.setattr(feed_reads.Query, "candidates_read",
+                        lambda self, *args: reads.append(args) or counted(self, *args))
+    prod = [make_instance(name=f"p{n}", labels={"env": "prod"}) for n in range(8)]
+    other = make_instance(name="other", site_id=OTHER_SITE, labels={"env": "dev"})
+    start = utcnow() - timedelta(hours=1)
+    logs, moment = [], start
+    for round_ in range(3):
+        for n, instance in enumerate(prod):
+            for step in range(round_ + 1):   # later rounds in short bursts
+                moment += timedelta(seconds=3) if step == 0 else timedelta(milliseconds=300)
+                logs.append((moment, instance["id"], f"p{n} r{round_} s{step}"))
+    for _ in range(40):
+        moment += timedelta(milliseconds=100)
+        logs.append((moment, other["id"], "busy"))
+    with write():   # made an hour before the first log
+        models.Instance.update(last_activity_at=start - timedelta(hours=1)).execute()
+        for at, instance_id, message in logs:
+            [row] = log_rows(instance_id, message)
+            models.InstanceLog.insert_rows([{**row, "created_at": at}])
+    assert client.patch(f"/api/instances/{prod[2]['id']}",
+                        json={"name": "renamed"}).status_code == 200
+    wanted = [message for _, _, message in sorted(logs, reverse=True) if message != "busy"]
+
+    first = messages(client.get(f"/api/logs?{query}&limit=5"))
+    assert first == wanted[:5] and reads == []   # merged from the first few instances
+    pages = []
+    for offset in range(0, len(wanted) + 7, 7):
+        pages += messages(client.get(f"/api/logs?{query}&limit=7&offset={offset}"))
+    assert pages == wanted
+
+
+def test_a_log_within_a_second_of_its_instances_recorded_activity_is_not_missed(
+        client, make_instance):
+    # Activity moves once a second: x's second log leaves it at x's first.
+    # By activity w and y come first, yet x has the newest log.
+    x, w, y = (make_instance(name=name, labels={"env": "prod"})["id"] for name in "xwy")
+    start = utcnow() - timedelta(hours=1)
+    with write():
+        models.Instance.update(last_activity_at=start - timedelta(hours=1)).execute()
+        for instance_id, after, message in ((x, 0, "x first"), (w, 200, "w"), (y, 500, "y"),
+                                            (x, 900, "x newest")):
+            [row] = log_rows(instance_id, message)
+            models.InstanceLog.insert_rows(
+                [{**row, "created_at": start + timedelta(milliseconds=after)}])
+    assert messages(client.get("/api/logs?label=env%3Dprod&limit=1")) == ["x newest"]
+    assert messages(client.get("/api/logs?label=env%3Dprod&limit=2&offset=1")) == ["y", "w"]

@@ -69,9 +69,11 @@ PLAN_SHAPES = [
 # rows, at most `limit` of them, read as they come to build its JSON
 # (storage.reads.json_rows); nor "SCAN counted": the at most 10,001 rows a
 # fleet feed's count reads through its LIMIT (feed_reads.COUNT_LIMIT); nor
-# "SCAN instance_count": the instance counters (storage.counters), a few
-# dozen rows whatever the fleet's size.
-TABLE_SCAN = re.compile(r"^SCAN (?!row$|counted$|instance_count$)\w+$")
+# "SCAN candidates": the instances a merged fleet page reads, through
+# their LIMIT (feed_reads.Query.merged_page); nor "SCAN instance_count":
+# the instance counters (storage.counters), a few dozen rows whatever the
+# fleet's size.
+TABLE_SCAN = re.compile(r"^SCAN (?!row$|counted$|candidates$|instance_count$)\w+$")
 
 # The fleet's feeds (CONTRACT 4.3, 4.4): each filter alone and with a cursor.
 FLEET_LOG_SHAPES = [
@@ -128,14 +130,15 @@ def dataset(client, make_instance):
 
 
 class Statements(logging.Handler):
-    """The SELECTs peewee runs (it logs each with its parameters)."""
+    """The SELECTs peewee runs, with common table expressions or without
+    (it logs each with its parameters)."""
 
     def __init__(self):
         super().__init__()
         self.seen = []
 
     def emit(self, record):
-        if isinstance(record.msg, tuple) and record.msg[0].startswith("SELECT"):
+        if isinstance(record.msg, tuple) and record.msg[0].startswith(("SELECT", "WITH")):
             self.seen.append(record.msg)
 
 
