@@ -27,7 +27,7 @@ log = logging.getLogger("instance_api")
 
 # Files written by the first release have the tables but no schema_version.
 FIRST_VERSION = 1
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 13
 
 
 class SchemaTooNew(Exception):
@@ -169,6 +169,11 @@ def _fleet_feeds(migrator):
     feeds.add_log_positions()
 
 
+def _label_activity(migrator):
+    """each label row with its instance's activity (SQLite)"""
+    search.create_label_activity()
+
+
 # Instances whose logs one UPDATE numbers: bounded work per statement, and a
 # progress line between statements on a big table.
 NUMBERING_CHUNK = 1000
@@ -203,7 +208,7 @@ def number_logs(chunk=NUMBERING_CHUNK):
 # one purge at a time, jobs/lease.py).
 MIGRATIONS = {2: _add_plan_tree_and_times, 3: _count_logs_per_instance, 4: _canonical_json,
               6: _canonical_uuids, 7: _labels_and_search, 8: _sequence_logs,
-              9: _lifecycle, 10: _count_instances, 11: _fleet_feeds}
+              9: _lifecycle, 10: _count_instances, 11: _fleet_feeds, 13: _label_activity}
 
 
 def create_tables():
@@ -238,6 +243,7 @@ def create_tables():
             create_triggers()
             counters.create()
             search.create_indexes()
+            search.create_label_activity()
             SchemaVersion.delete().execute()
             SchemaVersion.create(version=SCHEMA_VERSION)
 

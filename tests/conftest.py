@@ -406,10 +406,24 @@ LIFECYCLE_COLUMNS = ("log_seq", "idle_timeout_s", "expires_at", "status_reason",
                      "idle_deadline", "last_activity_at")
 
 
+def undo_label_activity():
+    """Take the open database back to schema version 12, in the caller's
+    transaction: no activity in the label rows (SQLite; search.LABEL_ACTIVITY)."""
+    if not models.is_sqlite():
+        return
+    for trigger in ("instance_label_active", "instance_labels_active"):
+        models.db.execute_sql(f"DROP TRIGGER IF EXISTS {trigger}")
+    models.db.execute_sql("DROP INDEX IF EXISTS instance_label_activity")
+    columns = [row[1] for row in models.db.execute_sql("PRAGMA table_info(instance_label)")]
+    if "active_at" in columns:
+        models.db.execute_sql("ALTER TABLE instance_label DROP COLUMN active_at")
+
+
 def undo_lifecycle():
     """Take the open database back to schema version 8, in the caller's
     transaction: no activity, deadline or log_seq columns, their indexes,
     and version 8's log triggers."""
+    undo_label_activity()
     sqlite = models.is_sqlite()
     if sqlite:
         models.db.execute_sql("DROP TRIGGER IF EXISTS instance_log_counted")
@@ -426,6 +440,7 @@ def undo_version_7():
     """Take away, in the caller's transaction, what version 7 added: the
     label and search tables and triggers (SQLite), the trigram index
     (PostgreSQL), and the `labels` column with its index."""
+    undo_label_activity()
     if models.is_sqlite():
         # The event triggers of version 10 read the column; remade on migrating.
         for trigger in EVENT_TRIGGERS:

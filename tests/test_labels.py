@@ -3,6 +3,7 @@ list filter, checked against the same selectors evaluated here in Python,
 alone and combined with the other filters, sorts and pages, on whichever
 engine the suite runs on."""
 import itertools
+from datetime import timedelta
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
@@ -287,3 +288,64 @@ def test_a_rare_selector_drives_the_query_and_a_common_one_is_tested_row_by_row(
                 wanted = sorted(wanted, key=lambda row_id: (names[row_id], ""))
             assert total(rows) == len(wanted)
             assert [row["id"] for row in rows.get_json()] == wanted[:10]
+
+
+# -- SQLite: the label rows' activity (search.LABEL_ACTIVITY) ----------------------
+
+def label_activity_agrees():
+    """Every label row holds its instance's last_activity_at, and every label
+    of every instance has its row."""
+    from storage import db
+    rows = db.execute_sql(
+        "SELECT instance.id, instance.last_activity_at, each.key, label.active_at "
+        "FROM instance, json_each(instance.labels) AS each "
+        "LEFT JOIN instance_label AS label "
+        "ON label.key = each.key AND label.instance_id = instance.id").fetchall()
+    assert rows and all(active == held for _, held, _, active in rows), rows
+    labels = db.execute_sql("SELECT count(*) FROM instance_label").fetchone()[0]
+    assert labels == len(rows)
+
+
+@pytest.mark.sqlite_only
+def test_each_label_row_holds_its_instances_activity_through_every_write(
+        app, client, make_instance):
+    import models
+    from storage.fields import utcnow
+    from storage.writes import write
+
+    made = [make_instance(name=f"i{n}", labels={"env": "prod", "team": f"t{n % 2}"})
+            for n in range(4)]
+    made.append(make_instance(name="bare"))
+    first, second, third = (instance["id"] for instance in made[:3])
+    hour_ago = utcnow() - timedelta(hours=1)
+    with app.app_context(), write():   # so that each write below moves the activity
+        models.Instance.update(last_activity_at=hour_ago).execute()
+        label_activity_agrees()
+    client.post(f"/api/instances/{first}/logs", json={"log_type": "system", "message": "m"})
+    client.patch(f"/api/instances/{second}", json={"labels": {"env": "dev", "new": "x"}})
+    client.patch(f"/api/instances/{third}", json={"name": "renamed"})
+    client.patch(f"/api/instances/{made[4]['id']}", json={"labels": {"env": "prod"}})
+    client.delete(f"/api/instances/{made[3]['id']}")
+    with app.app_context():
+        label_activity_agrees()
+        moved = models.Instance.select(models.Instance.id).where(
+            models.Instance.last_activity_at > hour_ago)
+        assert {str(row.id) for row in moved} == {first, second, third, made[4]["id"]}
+
+
+@pytest.mark.sqlite_only
+def test_a_version_12_database_fills_in_its_label_rows_activity(app, client, make_instance):
+    import migrations
+    import models
+    from conftest import close_connections, undo_label_activity
+
+    for n in range(3):
+        make_instance(name=f"i{n}", labels={"env": "prod", "n": str(n)})
+    with app.app_context(), models.db.atomic():
+        undo_label_activity()
+        models.SchemaVersion.update(version=12).execute()
+    close_connections()
+    with app.app_context():
+        migrations.create_tables()
+        assert migrations.stored_version() == migrations.SCHEMA_VERSION
+        label_activity_agrees()

@@ -30,7 +30,9 @@ STEPS = ["Migrating the database to schema version 7: labels, the label and sear
          "Migrating the database to schema version 10: instances counted by status and type "
          "(instance_count)",
          "Migrating the database to schema version 11: logs numbered fleet-wide, the event "
-         "table"]
+         "table",
+         "Migrating the database to schema version 13: each label row with its instance's "
+         "activity (SQLite)"]
 
 
 def other_id(row_id, kind):

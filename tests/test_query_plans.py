@@ -277,6 +277,21 @@ def test_label_and_name_filters_read_their_own_index(client, dataset, shape):
     assert any(index.search(line) for line in lines), lines
 
 
+@sqlite_only
+@pytest.mark.parametrize("shape", ["label=env=prod", "label=env=prod,team", "label=team=web,!rare"])
+def test_a_fleet_page_by_label_reads_the_labels_instances_in_order_of_activity(
+        client, dataset, shape):
+    """The instances whose newest logs make the page come from one range of
+    the label rows, in order of activity and not sorted (feed_reads.Query.
+    merged_page), not from every instance active since, whatever its labels."""
+    [lines] = [plan for sql, plan in plans_of(client, f"/api/logs?{shape}")
+               if sql.startswith("WITH")]
+    candidates = lines[lines.index("MATERIALIZE candidates"):lines.index("SCAN candidates")]
+    assert candidates[1].startswith("SEARCH t1 USING COVERING INDEX instance_label_activity "
+                                    "(key=? AND value=? AND active_at>?)"), lines
+    assert not any("TEMP B-TREE" in line for line in candidates), lines
+
+
 # -- the reaper (jobs/reaper.py) -------------------------------------------------
 
 def reaper_statements():
