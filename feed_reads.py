@@ -280,8 +280,8 @@ class Query:
         latest activity; None when that cannot tell (read the logs then).
 
         Every log is less than a second older than its instance's
-        last_activity_at, which never goes back (log_triggers.py; migration
-        8 set it from the newest log). So with the matching instances in
+        last_activity_at, which never goes back (log_triggers.py; schema
+        version 9 set it from the newest log). So with the matching instances in
         order of activity, no instance past the first `reads` has a log as
         new as the bound, the activity of the next one plus a second: the
         logs at or past the bound are all among the first ones' own newest
