@@ -316,8 +316,6 @@ class Query:
         instance tested for the rest; else by walking the instances'
         activity index and testing each (`walk`), or by listing the matching
         ones and sorting them (a small site, a rare label)."""
-        newest, query = Instance.last_activity_at, Instance.select(
-            Instance.id, Instance.last_activity_at)
         conditions = self.instances.conditions()
         label = self.by_label_activity()
         if label is not None:
@@ -332,6 +330,8 @@ class Query:
                             InstanceLabel.active_at > SQL("''"), Instance.log_count > 0,
                             *conditions).order_by(InstanceLabel.active_at.desc()).limit(
                                 Slot("candidates"))
+        newest, query = Instance.last_activity_at, Instance.select(
+            Instance.id, Instance.last_activity_at)
         if is_sqlite() and walk:
             query = query.from_(IndexedBy(Instance, "instance_last_activity_at"))
         elif is_sqlite():
@@ -402,7 +402,7 @@ class Query:
         if not table or not matched:
             return False
         expected = wanted * table / matched
-        return expected < search.DRIVE_COST * matched * (logs or 0) / table
+        return expected < search.DRIVE_COST * matched * logs / table
 
     def walks(self, reads):
         """SQLite: whether candidates() walks the activity index for
