@@ -88,7 +88,7 @@ def event_label_condition(op, slots):
             return Expression(value, "IS NOT", slots[1])
         return value.is_null(op != HAS)
     if op in (EQUALS, DIFFERS):
-        holds = Expression(Event.labels, "@>", Cast(slots[0], "jsonb"))
+        holds = Expression(Event.labels, "@>", Cast(slots[-1], "jsonb"))
     else:
         holds = Expression(Event.labels, "?", slots[0])
     return holds if op in POSITIVE else ~holds

@@ -19,7 +19,7 @@ from log_triggers import create_triggers
 from models import (
     MODELS, Instance, InstanceLog, InstancePlan, SchemaVersion, recount_logs,
 )
-from storage import counters, db
+from storage import counters, db, label_rows
 from storage.engines import is_sqlite, schema_lock
 from storage.fields import CanonicalUUIDField, UTCDateTimeField, _dumps
 
@@ -27,7 +27,7 @@ log = logging.getLogger("instance_api")
 
 # Files written by the first release have the tables but no schema_version.
 FIRST_VERSION = 1
-SCHEMA_VERSION = 13
+SCHEMA_VERSION = 14
 
 
 class SchemaTooNew(Exception):
@@ -174,6 +174,16 @@ def _label_activity(migrator):
     search.create_label_activity()
 
 
+def _label_rows(migrator):
+    """label rows and counters (PostgreSQL)"""
+    # SQLite has had them since version 7. The trigger first, then the rows
+    # of what is there, in one transaction: exact from the first request.
+    if is_sqlite():
+        return
+    label_rows.create()
+    label_rows.fill()
+
+
 # Instances whose logs one UPDATE numbers: bounded work per statement, and a
 # progress line between statements on a big table.
 NUMBERING_CHUNK = 1000
@@ -208,7 +218,8 @@ def number_logs(chunk=NUMBERING_CHUNK):
 # one purge at a time, jobs/lease.py).
 MIGRATIONS = {2: _add_plan_tree_and_times, 3: _count_logs_per_instance, 4: _canonical_json,
               6: _canonical_uuids, 7: _labels_and_search, 8: _sequence_logs,
-              9: _lifecycle, 10: _count_instances, 11: _fleet_feeds, 13: _label_activity}
+              9: _lifecycle, 10: _count_instances, 11: _fleet_feeds, 13: _label_activity,
+              14: _label_rows}
 
 
 def create_tables():

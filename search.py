@@ -21,6 +21,9 @@ PostgreSQL keeps `labels` as jsonb with a GIN index (`labels @> '{"k":"v"}'`,
 `labels ? 'k'`), and a pg_trgm GIN index on lower(name) that a LIKE of the
 search text reads; its planner weighs them against the other indexes itself.
 Without the pg_trgm extension (CREATE EXTENSION refused), `q` reads the rows.
+Since schema version 14 it keeps the same label rows and counters too
+(storage.label_rows), for one selector alone: its page newest first
+(ordered_page) and its count (counted_alone).
 
 Rows read in order are tested exactly (engines.contains_folded). On SQLite
 the trigram index's answer is final: a phrase of 3 or more characters
@@ -46,7 +49,8 @@ from peewee import (
 
 from labels import DIFFERS, EQUALS, HAS, LACKS, POSITIVE
 from models import Instance
-from storage import db
+from storage import counters, db
+from storage import label_rows as postgres_label_rows
 from storage.engines import contains_folded, fold, is_sqlite
 
 log = logging.getLogger("instance_api")
@@ -56,7 +60,8 @@ TRIGRAM = 3
 
 
 class InstanceLabel(Model):
-    """SQLite: one row per label of an instance (kept by triggers)."""
+    """One row per label of an instance (kept by triggers; on PostgreSQL
+    without active_at)."""
     key = TextField()
     value = TextField()
     instance_id = TextField()
@@ -80,7 +85,8 @@ class InstanceSearch(Model):
 
 
 class InstanceLabelCount(Model):
-    """SQLite: how many instances have each label (kept by triggers)."""
+    """How many instances have each label (kept by triggers; summed over
+    the shards of its rows on PostgreSQL, storage.label_rows)."""
     key = TextField()
     value = TextField()
     instances = IntegerField()
@@ -92,7 +98,7 @@ class InstanceLabelCount(Model):
 
 
 class InstanceLabelKeyCount(Model):
-    """SQLite: how many instances have each label key (kept by triggers)."""
+    """How many instances have each label key (as InstanceLabelCount)."""
     key = TextField(primary_key=True)
     instances = IntegerField()
 
@@ -226,6 +232,7 @@ def create_indexes():
     for statement in SQLITE if is_sqlite() else POSTGRESQL:
         db.execute_sql(statement)
     if not is_sqlite():
+        postgres_label_rows.create()
         create_trigram_index()
 
 
@@ -288,13 +295,14 @@ def has_trigram_index():
 # -- label selectors -------------------------------------------------------------
 
 def selector_values(selector):
-    """What a selector's condition binds: SQLite its key (and value); on
-    PostgreSQL the jsonb object a `key=value` contains, or the key."""
+    """What a selector's condition binds: its key (and value); on PostgreSQL
+    last, for a value, the jsonb object a `key=value` contains (the GIN
+    index's condition; the label rows take the key and value)."""
     if selector.value is None:
         return [selector.key]
     if is_sqlite():
         return [selector.key, selector.value]
-    return [orjson.dumps({selector.key: selector.value}).decode()]
+    return [selector.key, selector.value, orjson.dumps({selector.key: selector.value}).decode()]
 
 
 def selector_condition(op, slots, drive=False):
@@ -305,7 +313,7 @@ def selector_condition(op, slots, drive=False):
     if not is_sqlite():
         column = Instance.labels
         if op in (EQUALS, DIFFERS):
-            holds = Expression(column, "@>", Cast(slots[0], "jsonb"))
+            holds = Expression(column, "@>", Cast(slots[-1], "jsonb"))
         else:
             holds = Expression(column, "?", slots[0])
         return holds if op in POSITIVE else ~holds
@@ -327,9 +335,9 @@ def label_rows(op, slots):
 
 
 def counted_alone(op, slots):
-    """SQLite: the number of instances that hold one selector, from the
-    label counters: 0 when no instance has the label; for a negative one,
-    the instances less those that have it."""
+    """The number of instances that hold one selector, from the label
+    counters: 0 when no instance has the label; for a negative one, the
+    instances less those that have it, both from counters."""
     if op in (EQUALS, DIFFERS):
         counts = InstanceLabelCount
         having = counts.select(fn.COALESCE(fn.SUM(counts.instances), 0)).where(
@@ -340,15 +348,17 @@ def counted_alone(op, slots):
             counts.key == slots[0])
     if op in POSITIVE:
         return having
-    return Instance.select(fn.COUNT(SQL("*")) - having)
+    everyone = counters.COUNTERS
+    return everyone.select(fn.COALESCE(fn.SUM(everyone.instances), SQL("0")) - having)
 
 
 def ordered_page(slots):
-    """SQLite: the instances with the label `key=value` (its slots), newest
+    """The instances with the label `key=value` (its slots), newest
     first, as a range of the label index (key, value, created_at,
     instance_id) read in order, each instance then found by its id: a page
     of 50 reads 50 index entries, however many instances have the label.
-    CROSS JOIN keeps SQLite to that order of tables."""
+    CROSS JOIN keeps SQLite to that order of tables; PostgreSQL's planner
+    takes it for a LIMIT of the index's order."""
     return (InstanceLabel.select(*Instance._meta.sorted_fields)
             .join(Instance, JOIN.CROSS)
             .where(InstanceLabel.key == slots[0], InstanceLabel.value == slots[1],
@@ -468,18 +478,20 @@ def matched_count(selector):
 
 
 def plan(selectors, search, wanted, only_labels, narrowed, newest_first):
-    """SQLite: which of the positive `selectors` (by index) or the `search`
+    """Which of the positive `selectors` (by index) or the `search`
     (search_values, as "q") drives a page of `wanted` rows (limit + offset)
     and its count; `only_labels`: the selectors are the only filter;
     `narrowed`: an id filter leaves few rows to test; `newest_first`: the
-    page is in the default order. One statement: the counters of the
-    selectors and the size of the table; none for one `key=value` alone,
-    newest first, the dashboard's question: its page reads the label index
-    in order, whatever the label's share, and its counter is the count."""
+    page is in the default order. On SQLite, one statement: the counters of
+    the selectors and the size of the table. None, on either engine, for one
+    `key=value` alone, newest first, the dashboard's question: its page
+    reads the label index in order, whatever the label's share, and its
+    counter is the count. One selector alone is counted from the counters
+    on both; PostgreSQL's planner decides the rest."""
     candidates = [(index, selector) for index, selector in enumerate(selectors)
                   if selector.op in POSITIVE]
     searching = search is not None and len(search) > 1
-    alone = is_sqlite() and only_labels and len(selectors) == 1
+    alone = only_labels and len(selectors) == 1
     if alone and newest_first and selectors[0].op == EQUALS:
         return Plan(alone=True, ordered=True)
     if not is_sqlite() or not (candidates or searching):

@@ -406,9 +406,24 @@ LIFECYCLE_COLUMNS = ("log_seq", "idle_timeout_s", "expires_at", "status_reason",
                      "idle_deadline", "last_activity_at")
 
 
+def undo_label_rows():
+    """Take the open database back to schema version 13, in the caller's
+    transaction: no label rows or counters on PostgreSQL (storage.label_rows)."""
+    if models.is_sqlite():
+        return
+    for trigger in ("instance_labels_added", "instance_labels_changed",
+                    "instance_labels_removed"):
+        models.db.execute_sql(f"DROP TRIGGER IF EXISTS {trigger} ON instance")
+    models.db.execute_sql("DROP FUNCTION IF EXISTS instance_labels_changed()")
+    for table in ("instance_label", "instance_label_count", "instance_label_key_count"):
+        models.db.execute_sql(f"DROP TABLE IF EXISTS {table}")
+
+
 def undo_label_activity():
     """Take the open database back to schema version 12, in the caller's
-    transaction: no activity in the label rows (SQLite; search.LABEL_ACTIVITY)."""
+    transaction: no activity in the label rows (SQLite; search.LABEL_ACTIVITY),
+    nor what came after."""
+    undo_label_rows()
     if not models.is_sqlite():
         return
     for trigger in ("instance_label_active", "instance_labels_active"):

@@ -32,7 +32,8 @@ STEPS = ["Migrating the database to schema version 7: labels, the label and sear
          "Migrating the database to schema version 11: logs numbered fleet-wide, the event "
          "table",
          "Migrating the database to schema version 13: each label row with its instance's "
-         "activity (SQLite)"]
+         "activity (SQLite)",
+         "Migrating the database to schema version 14: label rows and counters (PostgreSQL)"]
 
 
 def other_id(row_id, kind):

@@ -220,8 +220,9 @@ def test_a_sites_status_counts_read_that_sites_index_entries_on_postgresql(clien
 
 @postgres_only
 @pytest.mark.parametrize("shape, index", [
-    ("label=env=prod", "instance_labels"), ("label=env", "instance_labels"),
-    ("label=rare=yes", "instance_labels"), ("label=!rare", "instance_labels"),
+    # One selector alone: its counters (storage.label_rows), whatever its share.
+    ("label=env=prod", "instance_label_count_pkey"), ("label=env", "instance_label_key_count_pkey"),
+    ("label=rare=yes", "instance_label_count_pkey"), ("label=!rare", "instance_label_key_count_pkey"),
     ("label=env=prod,team=web", "instance_labels"), ("q=box 1", "instance_name_trigrams"),
     # Either filter's index answers the two together; at four rows which one
     # the planner prices lower turns on the width of the row (schema 9 made
@@ -231,11 +232,21 @@ def test_a_sites_status_counts_read_that_sites_index_entries_on_postgresql(clien
 def test_label_and_name_filters_read_their_gin_index_on_postgresql(client, dataset, shape,
                                                                    index):
     """The count of the list (every match, no order to follow) reads the
-    filter's own index."""
+    filter's own index, or for one selector alone its counter."""
     url = f"/api/instances/counts?{shape}".format(**dataset)
     used = {node.get("Index Name") for _, plan in pg_plans_of(client, url)
             for node in nodes(plan)}
     assert used & set(index if isinstance(index, tuple) else [index]), used
+
+
+@postgres_only
+def test_a_label_page_reads_the_label_rows_in_order_on_postgresql(client, dataset):
+    """One `key=value` alone, newest first (the dashboard's page): a range
+    of the label rows' index in its order, with no sort of the matches."""
+    plans = pg_plans_of(client, "/api/instances?label=env=prod&limit=2")
+    found = [node for _, plan in plans for node in nodes(plan)]
+    assert "instance_label_value" in {node.get("Index Name") for node in found}, found
+    assert not [node for node in found if node["Node Type"] == "Sort"], found
 
 
 @sqlite_only
