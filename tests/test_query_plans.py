@@ -221,8 +221,10 @@ def test_a_sites_status_counts_read_that_sites_index_entries_on_postgresql(clien
 @postgres_only
 @pytest.mark.parametrize("shape, index", [
     # One selector alone: its counters (storage.label_rows), whatever its share.
-    ("label=env=prod", "instance_label_count_pkey"), ("label=env", "instance_label_key_count_pkey"),
-    ("label=rare=yes", "instance_label_count_pkey"), ("label=!rare", "instance_label_key_count_pkey"),
+    ("label=env=prod", "instance_label_count_pkey"),
+    ("label=env", "instance_label_key_count_pkey"),
+    ("label=rare=yes", "instance_label_count_pkey"),
+    ("label=!rare", "instance_label_key_count_pkey"),
     ("label=env=prod,team=web", "instance_labels"), ("q=box 1", "instance_name_trigrams"),
     # Either filter's index answers the two together; at four rows which one
     # the planner prices lower turns on the width of the row (schema 9 made
