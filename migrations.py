@@ -175,13 +175,14 @@ def _label_activity(migrator):
 
 
 def _label_rows(migrator):
-    """label rows and counters (PostgreSQL)"""
+    """label rows and counters, GIN indexes without a pending list (PostgreSQL)"""
     # SQLite has had them since version 7. The trigger first, then the rows
     # of what is there, in one transaction: exact from the first request.
     if is_sqlite():
         return
     label_rows.create()
     label_rows.fill()
+    search.write_through_gin()
 
 
 # Instances whose logs one UPDATE numbers: bounded work per statement, and a

@@ -2,12 +2,16 @@
 PostgreSQL): a page of one selector alone and its X-Total-Count, which they
 answer, equal the same selector evaluated here over every instance, after
 every kind of write, writes outside the API, and the migration that fills
-them, on either engine."""
+them, on either engine. And PostgreSQL's GIN indexes, written through
+since the same migration (search.GIN)."""
 import random
+
+import pytest
 
 import migrations
 import models
-from conftest import SITE, USER, close_connections, undo_label_rows
+import search
+from conftest import POSTGRES_URL, SITE, USER, close_connections, undo_label_rows
 from models import Instance
 
 VALUES = {"env": ["prod", "dev", "ci"], "team": ["a", "b"], "zone": ["x"]}
@@ -98,11 +102,28 @@ def test_a_version_13_database_fills_its_label_rows(app, client):
     write_randomly(client, random.Random(13), 60)
     with app.app_context(), models.db.atomic():
         undo_label_rows()
+        if not models.is_sqlite():
+            for index in search.GIN_INDEXES:
+                models.db.execute_sql(f"ALTER INDEX {index} RESET (fastupdate)")
         models.SchemaVersion.update(version=13).execute()
     close_connections()
     with app.app_context():
         migrations.create_tables()
         assert migrations.stored_version() == migrations.SCHEMA_VERSION
+        if not models.is_sqlite():
+            assert gin_options() == {index: ["fastupdate=off"] for index in search.GIN_INDEXES}
     check(client)
     write_randomly(client, random.Random(31), 40)
     check(client)
+
+
+def gin_options():
+    return dict(models.db.execute_sql(
+        "SELECT relname, reloptions FROM pg_class WHERE relname = ANY(%s)",
+        (list(search.GIN_INDEXES),)).fetchall())
+
+
+@pytest.mark.skipif(not POSTGRES_URL, reason="needs INSTANCES_TEST_DATABASE_URL")
+def test_the_gin_indexes_of_a_new_database_have_no_pending_list(app):
+    with app.app_context():
+        assert gin_options() == {index: ["fastupdate=off"] for index in search.GIN_INDEXES}

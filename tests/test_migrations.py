@@ -33,7 +33,8 @@ STEPS = ["Migrating the database to schema version 7: labels, the label and sear
          "table",
          "Migrating the database to schema version 13: each label row with its instance's "
          "activity (SQLite)",
-         "Migrating the database to schema version 14: label rows and counters (PostgreSQL)"]
+         "Migrating the database to schema version 14: label rows and counters, GIN indexes "
+         "without a pending list (PostgreSQL)"]
 
 
 def other_id(row_id, kind):
