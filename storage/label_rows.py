@@ -17,8 +17,9 @@ concurrent creates of instances with the same label would otherwise queue
 on one row, each holding its lock until it commits. Within a statement the
 rows are locked in the order of their key, so that two transactions never
 lock two rows of one shard in opposite orders. A counter row at 0 on the
-shard that brought it there is deleted: labels with ever-new values (a run
-id) would leave rows behind.
+shard that brought it there is deleted (only rows the statement before has
+locked: no new wait): labels with ever-new values (a run id) would leave
+rows behind.
 
 Not here: the queries that read them (search.py), the instance counters
 (storage.counters).
@@ -83,9 +84,11 @@ FUNCTION = f"""
         DO UPDATE SET instances = c.instances + excluded.instances;
         IF OLD.labels IS NOT NULL AND OLD.labels <> '{{}}' THEN
             DELETE FROM instance_label_count WHERE shard = this_shard AND instances = 0
-                AND (key, value) IN (SELECT key, value FROM jsonb_each_text(OLD.labels));
+                AND (key, value) IN (SELECT key, value FROM jsonb_each_text(OLD.labels)
+                                     EXCEPT SELECT key, value FROM jsonb_each_text(NEW.labels));
             DELETE FROM instance_label_key_count WHERE shard = this_shard AND instances = 0
-                AND key IN (SELECT jsonb_object_keys(OLD.labels));
+                AND key IN (SELECT jsonb_object_keys(OLD.labels)
+                            EXCEPT SELECT jsonb_object_keys(NEW.labels));
         END IF;
         RETURN NULL;
     END $$"""

@@ -127,3 +127,21 @@ def gin_options():
 def test_the_gin_indexes_of_a_new_database_have_no_pending_list(app):
     with app.app_context():
         assert gin_options() == {index: ["fastupdate=off"] for index in search.GIN_INDEXES}
+
+
+def test_a_label_no_instance_has_leaves_no_counter_row(client, app):
+    """Labels with ever-new values (a run id) must not pile up counter rows."""
+    made = [client.post("/api/instances", json={
+        "site_id": SITE, "user_id": USER, "name": "box", "labels": {"run": f"r{n}"}}
+    ).get_json()["id"] for n in range(3)]
+    client.patch(f"/api/instances/{made[0]}", json={"labels": {"run": "r9"}})
+    client.patch(f"/api/instances/{made[1]}", json={"labels": {}})
+    client.delete(f"/api/instances/{made[2]}")
+    with app.app_context():
+        values = [row.value for row in search.InstanceLabelCount.select().where(
+            search.InstanceLabelCount.key == "run", search.InstanceLabelCount.instances != 0)]
+        rows = search.InstanceLabelCount.select().where(
+            search.InstanceLabelCount.key == "run").count()
+        keys = search.InstanceLabelKeyCount.select().where(
+            search.InstanceLabelKeyCount.key == "run").count()
+    assert values == ["r9"] and rows == 1 and keys == 1
