@@ -548,6 +548,28 @@ def undo_log_sequence(counting=True):
             db.execute_sql(statement)
 
 
+def write_randomly(client, rng, steps, created, changed, methods=("put",)):
+    """`steps` random writes to the instances: 40% creates (with the fields
+    `created(rng)` gives), 40% updates of one (`changed(rng)`, by one of
+    `methods`), 20% deletes; for tests that hold a count or index against
+    the table after every kind of write."""
+    ids = [row["id"] for row in client.get("/api/instances?limit=100").get_json()]
+    for _ in range(steps):
+        action = rng.random()
+        if action < 0.4 or not ids:
+            resp = client.post("/api/instances", json={
+                "site_id": SITE, "user_id": USER, "name": "box", **created(rng)})
+            assert resp.status_code == 201
+            ids.append(resp.get_json()["id"])
+        elif action < 0.8:
+            change = changed(rng)
+            method = getattr(client, methods[0] if len(methods) == 1 else rng.choice(methods))
+            assert method(f"/api/instances/{rng.choice(ids)}", json=change).status_code == 200
+        else:
+            victim = ids.pop(rng.randrange(len(ids)))
+            assert client.delete(f"/api/instances/{victim}").status_code == 204
+
+
 def close_connections():
     """Close the previous app's connections, if an app was built."""
     try:

@@ -5,6 +5,7 @@ import random
 
 import pytest
 
+import conftest
 import migrations
 import models
 from conftest import SITE, USER, undo_part_4
@@ -51,27 +52,13 @@ def check(client, rng):
 
 
 def write_randomly(client, rng, steps):
-    ids = [row["id"] for row in client.get("/api/instances?limit=100").get_json()]
-    for _ in range(steps):
-        action = rng.random()
-        if action < 0.4 or not ids:
-            resp = client.post("/api/instances", json={
-                "site_id": SITE, "user_id": USER, "name": "box",
-                "status": rng.choice(INSTANCE_STATUSES),
-                "instance_type": rng.choice(INSTANCE_TYPES)})
-            assert resp.status_code == 201
-            ids.append(resp.get_json()["id"])
-        elif action < 0.8:
-            change = rng.choice([{"status": rng.choice(INSTANCE_STATUSES)},
-                                 {"instance_type": rng.choice(INSTANCE_TYPES)},
-                                 {"status": rng.choice(INSTANCE_STATUSES),
-                                  "instance_type": rng.choice(INSTANCE_TYPES)},
-                                 {"name": "renamed"}, {}])
-            resp = client.put(f"/api/instances/{rng.choice(ids)}", json=change)
-            assert resp.status_code == 200
-        else:
-            victim = ids.pop(rng.randrange(len(ids)))
-            assert client.delete(f"/api/instances/{victim}").status_code == 204
+    conftest.write_randomly(client, rng, steps, lambda rng: {
+        "status": rng.choice(INSTANCE_STATUSES), "instance_type": rng.choice(INSTANCE_TYPES)},
+        lambda rng: rng.choice([{"status": rng.choice(INSTANCE_STATUSES)},
+                                {"instance_type": rng.choice(INSTANCE_TYPES)},
+                                {"status": rng.choice(INSTANCE_STATUSES),
+                                 "instance_type": rng.choice(INSTANCE_TYPES)},
+                                {"name": "renamed"}, {}]))
 
 
 def test_counters_equal_count_after_random_writes(client):

@@ -8,6 +8,7 @@ import random
 
 import pytest
 
+import conftest
 import migrations
 import models
 import search
@@ -50,22 +51,11 @@ def check(client):
 
 
 def write_randomly(client, rng, steps):
-    ids = [row["id"] for row in client.get("/api/instances?limit=100").get_json()]
-    for _ in range(steps):
-        action = rng.random()
-        if action < 0.4 or not ids:
-            resp = client.post("/api/instances", json={
-                "site_id": SITE, "user_id": USER, "name": "box", "labels": some_labels(rng)})
-            assert resp.status_code == 201
-            ids.append(resp.get_json()["id"])
-        elif action < 0.8:
-            change = rng.choice([{"labels": some_labels(rng)}, {"labels": {}},
-                                 {"name": "renamed"}, {"status": "stopped"}])
-            method = rng.choice([client.put, client.patch])
-            assert method(f"/api/instances/{rng.choice(ids)}", json=change).status_code == 200
-        else:
-            victim = ids.pop(rng.randrange(len(ids)))
-            assert client.delete(f"/api/instances/{victim}").status_code == 204
+    conftest.write_randomly(
+        client, rng, steps, lambda rng: {"labels": some_labels(rng)},
+        lambda rng: rng.choice([{"labels": some_labels(rng)}, {"labels": {}},
+                                {"name": "renamed"}, {"status": "stopped"}]),
+        methods=("put", "patch"))
 
 
 def test_label_pages_and_counts_equal_the_instances_after_random_writes(client):

@@ -231,8 +231,8 @@ def test_a_sites_status_counts_read_that_sites_index_entries_on_postgresql(clien
     # it wider, and it took the label index).
     ("q=BOX&label=env=prod", ("instance_name_trigrams", "instance_labels")),
 ])
-def test_label_and_name_filters_read_their_gin_index_on_postgresql(client, dataset, shape,
-                                                                   index):
+def test_label_and_name_filters_count_from_their_index_on_postgresql(client, dataset, shape,
+                                                                     index):
     """The count of the list (every match, no order to follow) reads the
     filter's own index, or for one selector alone its counter."""
     url = f"/api/instances/counts?{shape}".format(**dataset)
